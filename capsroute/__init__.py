@@ -1,0 +1,3 @@
+"""capsroute: routing-iteration studies on Capsule Networks (Sabour, Frosst & Hinton, 2017)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,213 @@
+"""Typed configuration schema: Hydra config -> these dataclasses -> library functions.
+
+The dataclasses are registered in Hydra's ConfigStore as the schema of `conf/config.yaml`, so a
+misspelt key or a value of the wrong type is rejected while composing. Semantic checks (r >= 1,
+known dataset, positive learning rate, ...) live in `__post_init__` and run when the composed
+config is turned into objects by `to_config`; they raise `ConfigError` with one readable line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from capsroute.errors import ConfigError
+
+DATASETS = ("mnist", "cifar10")
+PRECISIONS = ("fp32", "bf16", "fp16")
+ROUTING_GRADS = ("all", "last")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive(name: str, value: Optional[float]) -> None:
+    _require(value is None or value > 0, f"{name} must be > 0, got {value}")
+
+
+@dataclass
+class DatasetConfig:
+    """Which images, where they live, and how they are subset and augmented."""
+
+    name: str = "mnist"
+    root: str = "${oc.env:CAPSROUTE_DATA,data}"
+    download: bool = False
+    # torchvision's md5 integrity check; false accepts re-packed copies that still parse
+    verify: bool = True
+    train_size: Optional[int] = None  # class-balanced training subset chosen from the seed
+    test_size: Optional[int] = None  # class-balanced test subset chosen from the seed
+    train_eval_size: int = 10000  # fixed training subset evaluated each epoch, no augmentation
+    shift: int = 2  # random translation of up to `shift` px with zero padding (the paper's MNIST)
+    crop: Optional[int] = None  # random crop size for training, centre crop at test (CIFAR: 24)
+    hflip: bool = False
+    on_device: bool = True  # hold the whole dataset as one tensor on the training device
+
+    def __post_init__(self) -> None:
+        _require(
+            self.name in DATASETS,
+            f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}",
+        )
+        _positive("dataset.train_size", self.train_size)
+        _positive("dataset.test_size", self.test_size)
+        _positive("dataset.train_eval_size", self.train_eval_size)
+        _positive("dataset.crop", self.crop)
+        _require(self.shift >= 0, f"dataset.shift must be >= 0, got {self.shift}")
+
+
+@dataclass
+class ModelConfig:
+    """CapsNet layer sizes (Sabour et al. 2017, Section 4) and loss constants."""
+
+    conv1_channels: int = 256
+    conv1_kernel: int = 9
+    primary_types: int = 32  # CIFAR-10 uses 64
+    primary_dim: int = 8
+    primary_kernel: int = 9
+    primary_stride: int = 2
+    digit_dim: int = 16
+    digit_bias: bool = False  # the official code adds one; the paper's text does not
+    none_of_the_above: bool = False  # an extra routing target with no class (paper's CIFAR-10)
+    reconstruction: bool = True
+    decoder_hidden: list[int] = field(default_factory=lambda: [512, 1024])
+    recon_weight: float = 0.0005
+    m_plus: float = 0.9
+    m_minus: float = 0.1
+    lambda_neg: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in (
+            "conv1_channels",
+            "conv1_kernel",
+            "primary_types",
+            "primary_dim",
+            "primary_kernel",
+            "primary_stride",
+            "digit_dim",
+        ):
+            _positive(f"model.{name}", getattr(self, name))
+        _require(all(h > 0 for h in self.decoder_hidden), "model.decoder_hidden must be > 0")
+        _require(self.recon_weight >= 0, "model.recon_weight must be >= 0")
+        _require(
+            0 <= self.m_minus < self.m_plus <= 1,
+            f"need 0 <= model.m_minus < model.m_plus <= 1, got {self.m_minus}, {self.m_plus}",
+        )
+
+
+@dataclass
+class RoutingConfig:
+    """Dynamic routing (Procedure 1).
+
+    `grad="all"` back-propagates through every routing iteration, as the official TensorFlow
+    code does; `grad="last"` detaches the predictions in all but the last iteration, as several
+    public re-implementations do.
+    """
+
+    iterations: int = 3
+    grad: str = "all"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.iterations >= 1,
+            f"routing.iterations must be >= 1 (r = 1 means no routing), got {self.iterations}",
+        )
+        _require(
+            self.grad in ROUTING_GRADS,
+            f"routing.grad must be one of {', '.join(ROUTING_GRADS)}, got '{self.grad}'",
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (paper defaults: Adam, lr 1e-3 decayed by 0.96 every 2000 steps, batch 128)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    lr: float = 1e-3
+    lr_decay_rate: float = 0.96  # lr = lr * rate ** (step / lr_decay_steps), as the official code
+    lr_decay_steps: int = 2000
+    precision: str = "fp32"
+    compile: bool = False
+    deterministic: bool = True
+    progress: bool = True  # rich progress bar on a terminal, log lines elsewhere
+    threads: Optional[int] = None  # torch CPU threads; default: torch's own choice
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.eval_batch_size", self.eval_batch_size)
+        _positive("train.lr", self.lr)
+        _positive("train.lr_decay_steps", self.lr_decay_steps)
+        _positive("train.threads", self.threads)
+        _require(
+            0 < self.lr_decay_rate <= 1,
+            f"train.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}",
+        )
+        _require(
+            self.precision in PRECISIONS,
+            f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'",
+        )
+
+
+@dataclass
+class Config:
+    """One training run."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    device: str = "auto"
+    out_root: str = "outputs"
+    run_name: str = "${dataset.name}-r${routing.iterations}-s${seed}"
+
+    def __post_init__(self) -> None:
+        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _require(
+            bool(_DEVICE_PATTERN.match(self.device)),
+            f"unknown device '{self.device}'; use auto, cpu, cuda, cuda:N or mps",
+        )
+        _require(
+            bool(self.run_name) and ".." not in self.run_name.split("/"),
+            f"run_name '{self.run_name}' must be a non-empty path without '..'",
+        )
+
+
+def register_schema() -> None:
+    """Register `Config` as the schema `conf/config.yaml` extends (idempotent)."""
+    ConfigStore.instance().store(name="capsroute_schema", node=Config)
+
+
+def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
+    """Turn a composed Hydra config into a validated `Config`, raising `ConfigError` on bad values."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+    if "hydra" in node:
+        node = OmegaConf.masked_copy(node, [k for k in node.keys() if k != "hydra"])
+    try:
+        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), node))
+    except ConfigError:
+        raise
+    except Exception as exc:  # OmegaConf interpolation/validation errors
+        raise ConfigError(first_line(str(exc))) from exc
+    assert isinstance(obj, Config)
+    return obj
+
+
+def first_line(message: str) -> str:
+    """The first non-empty line of an error message (OmegaConf appends full_key/object_type)."""
+    return next((line.strip() for line in message.splitlines() if line.strip()), message)
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    """A plain, YAML/JSON-serialisable dict of a `Config` (for checkpoints and summaries)."""
+    container = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
+    assert isinstance(container, dict)
+    return container
