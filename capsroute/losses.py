@@ -1,0 +1,52 @@
+"""Margin loss (Eq. 4) and the scaled reconstruction loss of Sabour et al. (2017)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from capsroute.config import ModelConfig
+
+
+def margin_loss(
+    lengths: Tensor, labels: Tensor, m_plus: float = 0.9, m_minus: float = 0.1, lam: float = 0.5
+) -> Tensor:
+    """L_k = T_k max(0, m+ - |v_k|)^2 + λ (1 - T_k) max(0, |v_k| - m-)^2, summed over the
+    classes k and averaged over the batch. lengths: (B, K); labels: (B,) class indices."""
+    targets = torch.nn.functional.one_hot(labels, lengths.shape[1]).to(lengths.dtype)
+    present = targets * torch.relu(m_plus - lengths) ** 2
+    absent = lam * (1.0 - targets) * torch.relu(lengths - m_minus) ** 2
+    return (present + absent).sum(dim=1).mean()
+
+
+def reconstruction_loss(reconstruction: Tensor, images: Tensor) -> Tensor:
+    """Sum of squared pixel differences per image, averaged over the batch (unscaled)."""
+    diff = reconstruction.float() - images.flatten(1).float()
+    return (diff * diff).sum(dim=1).mean()
+
+
+@dataclass
+class LossParts:
+    """total = margin + recon_weight * reconstruction; `reconstruction` is the unscaled sum of
+    squares (None without a decoder)."""
+
+    total: Tensor
+    margin: Tensor
+    reconstruction: Tensor | None
+
+
+def capsule_loss(
+    lengths: Tensor,
+    reconstruction: Tensor | None,
+    images: Tensor,
+    labels: Tensor,
+    cfg: ModelConfig,
+) -> LossParts:
+    """The training objective of the paper: margin loss plus 0.0005 x reconstruction loss."""
+    margin = margin_loss(lengths, labels, cfg.m_plus, cfg.m_minus, cfg.lambda_neg)
+    if reconstruction is None:
+        return LossParts(margin, margin, None)
+    recon = reconstruction_loss(reconstruction, images)
+    return LossParts(margin + cfg.recon_weight * recon, margin, recon)

@@ -1,0 +1,197 @@
+"""CapsNet (Sabour, Frosst & Hinton 2017, Section 4): Conv1 -> PrimaryCaps -> DigitCaps -> decoder.
+
+Reads top to bottom: the layers, then the network that chains them. Every size comes from
+`ModelConfig`; the input shape and the number of classes come from the dataset. Routing is
+`capsroute.routing.dynamic_routing`; the number of iterations can be changed per call, so one
+trained network can be evaluated at any r.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from capsroute.config import ModelConfig, RoutingConfig
+from capsroute.routing import RoutingResult, dynamic_routing, squash
+
+
+def conv_output_size(size: int, kernel: int, stride: int = 1) -> int:
+    """Spatial size after a 'valid' (unpadded) convolution."""
+    return (size - kernel) // stride + 1
+
+
+class PrimaryCaps(nn.Module):
+    """A convolution whose channels are grouped into `types` capsules of `dim` units each.
+
+    (B, C_in, H, W) -> (B, types * H' * W', dim), squashed. Channel `t * dim + d` is unit d of
+    capsule type t, as in the official code.
+    """
+
+    def __init__(self, in_channels: int, types: int, dim: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.types, self.dim = types, dim
+        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=kernel, stride=stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.conv(x)  # (B, types * dim, H', W')
+        batch, _, height, width = out.shape
+        out = out.view(batch, self.types, self.dim, height, width)
+        out = out.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.dim)  # (B, N_in, dim)
+        return squash(out)
+
+
+class DigitCaps(nn.Module):
+    """Fully connected capsule layer: a separate W_ij (in_dim x out_dim) for every pair (i, j).
+
+    Predictions û_j|i = W_ij u_i are routed to the `n_out` parents by dynamic routing. The
+    optional bias is added to s_j in every routing iteration, as the official code does; the
+    paper's text has none.
+    """
+
+    def __init__(
+        self,
+        n_in: int,
+        n_out: int,
+        in_dim: int,
+        out_dim: int,
+        bias: bool,
+        weight_std: float,
+        routing: RoutingConfig,
+    ) -> None:
+        super().__init__()
+        self.n_in, self.n_out, self.in_dim, self.out_dim = n_in, n_out, in_dim, out_dim
+        self.routing = routing
+        # (N_in, in_dim, N_out * out_dim): one bmm over i computes every prediction
+        self.weight = nn.Parameter(torch.empty(n_in, in_dim, n_out * out_dim))
+        self.bias = nn.Parameter(torch.zeros(n_out, out_dim)) if bias else None
+        nn.init.trunc_normal_(self.weight, std=weight_std, a=-2 * weight_std, b=2 * weight_std)
+
+    def predictions(self, u: Tensor) -> Tensor:
+        """û_j|i = W_ij u_i: (B, N_in, in_dim) -> (B, N_in, N_out, out_dim)."""
+        batch = u.shape[0]
+        u_hat = torch.bmm(u.transpose(0, 1), self.weight)  # (N_in, B, N_out * out_dim)
+        u_hat = u_hat.view(self.n_in, batch, self.n_out, self.out_dim)
+        return u_hat.permute(1, 0, 2, 3)  # (B, N_in, N_out, out_dim), a view
+
+    def forward(
+        self, u: Tensor, iterations: int | None = None, diagnostics: bool = False
+    ) -> RoutingResult:
+        r = self.routing.iterations if iterations is None else iterations
+        return dynamic_routing(
+            self.predictions(u), r, self.routing.grad, diagnostics, bias=self.bias
+        )
+
+
+class Decoder(nn.Module):
+    """Reconstructs the input from the class capsules, all but one masked to zero.
+
+    (B, K, D) capsules and (B,) class indices -> (B, C * H * W) pixels in [0, 1].
+    """
+
+    def __init__(self, num_classes: int, capsule_dim: int, hidden: list[int], out_size: int):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = num_classes * capsule_dim
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+            width = size
+        layers += [nn.Linear(width, out_size), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, capsules: Tensor, classes: Tensor) -> Tensor:
+        mask = nn.functional.one_hot(classes, capsules.shape[1]).to(capsules.dtype)  # (B, K)
+        return self.net((capsules * mask.unsqueeze(-1)).flatten(1))
+
+
+@dataclass
+class CapsNetOutput:
+    """lengths: (B, K) class-capsule lengths (the class scores); capsules: (B, K, D);
+    reconstruction: (B, C*H*W) or None; routing: the routing result, diagnostics included
+    when asked for."""
+
+    lengths: Tensor
+    capsules: Tensor
+    reconstruction: Tensor | None
+    routing: RoutingResult
+
+
+class CapsNet(nn.Module):
+    """The network of Section 4: Conv1 (ReLU) -> PrimaryCaps -> DigitCaps -> optional decoder."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        model: ModelConfig,
+        routing: RoutingConfig,
+    ) -> None:
+        super().__init__()
+        channels, height, width = input_shape
+        self.input_shape, self.num_classes = input_shape, num_classes
+        self.conv1 = nn.Conv2d(channels, model.conv1_channels, kernel_size=model.conv1_kernel)
+        self.primary = PrimaryCaps(
+            model.conv1_channels,
+            model.primary_types,
+            model.primary_dim,
+            model.primary_kernel,
+            model.primary_stride,
+        )
+        grid = [
+            conv_output_size(
+                conv_output_size(size, model.conv1_kernel),
+                model.primary_kernel,
+                model.primary_stride,
+            )
+            for size in (height, width)
+        ]
+        if min(grid) < 1:
+            raise ValueError(f"input {height}x{width} is too small for the convolution sizes")
+        n_primary = model.primary_types * grid[0] * grid[1]
+        n_parents = num_classes + int(model.none_of_the_above)
+        self.digit = DigitCaps(
+            n_primary,
+            n_parents,
+            model.primary_dim,
+            model.digit_dim,
+            model.digit_bias,
+            model.weight_std,
+            routing,
+        )
+        self.decoder = (
+            Decoder(num_classes, model.digit_dim, model.decoder_hidden, math.prod(input_shape))
+            if model.reconstruction
+            else None
+        )
+
+    def forward(
+        self,
+        images: Tensor,
+        labels: Tensor | None = None,
+        iterations: int | None = None,
+        diagnostics: bool = False,
+        reconstruct: bool = True,
+    ) -> CapsNetOutput:
+        """images (B, C, H, W) -> class-capsule lengths, capsules and reconstruction.
+
+        The decoder sees the capsule of `labels` when given (the loss, as in the official code)
+        and of the predicted class otherwise (pictures). `iterations` overrides the configured r.
+        """
+        features = torch.relu(self.conv1(images))  # (B, 256, 20, 20) for MNIST
+        primary = self.primary(features)  # (B, 1152, 8) for MNIST
+        routed = self.digit(primary, iterations, diagnostics)  # v: (B, n_parents, 16)
+        capsules = routed.v[:, : self.num_classes]  # drop the none-of-the-above capsule
+        lengths = capsules.float().norm(dim=-1)  # (B, K)
+        reconstruction = None
+        if self.decoder is not None and reconstruct:
+            classes = labels if labels is not None else lengths.argmax(dim=1)
+            reconstruction = self.decoder(capsules, classes)
+        return CapsNetOutput(lengths, capsules, reconstruction, routed)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Total trainable parameters and the count without the reconstruction decoder."""
+        total = sum(p.numel() for p in self.parameters())
+        decoder = sum(p.numel() for p in self.decoder.parameters()) if self.decoder else 0
+        return {"total": total, "without_decoder": total - decoder}
