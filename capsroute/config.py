@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +28,7 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _positive(name: str, value: Optional[float]) -> None:
+def _positive(name: str, value: float | None) -> None:
     _require(value is None or value > 0, f"{name} must be > 0, got {value}")
 
 
@@ -41,11 +41,11 @@ class DatasetConfig:
     download: bool = False
     # torchvision's md5 integrity check; false accepts re-packed copies that still parse
     verify: bool = True
-    train_size: Optional[int] = None  # class-balanced training subset chosen from the seed
-    test_size: Optional[int] = None  # class-balanced test subset chosen from the seed
+    train_size: int | None = None  # class-balanced training subset chosen from the seed
+    test_size: int | None = None  # class-balanced test subset chosen from the seed
     train_eval_size: int = 10000  # fixed training subset evaluated each epoch, no augmentation
     shift: int = 2  # random translation of up to `shift` px with zero padding (the paper's MNIST)
-    crop: Optional[int] = None  # random crop size for training, centre crop at test (CIFAR: 24)
+    crop: int | None = None  # random crop size for training, centre crop at test (CIFAR: 24)
     hflip: bool = False
     on_device: bool = True  # hold the whole dataset as one tensor on the training device
 
@@ -73,6 +73,7 @@ class ModelConfig:
     primary_stride: int = 2
     digit_dim: int = 16
     digit_bias: bool = False  # the official code adds one; the paper's text does not
+    weight_std: float = 0.1  # W_ij ~ truncated normal (2 std), as the official code's weights
     none_of_the_above: bool = False  # an extra routing target with no class (paper's CIFAR-10)
     reconstruction: bool = True
     decoder_hidden: list[int] = field(default_factory=lambda: [512, 1024])
@@ -92,6 +93,7 @@ class ModelConfig:
             "digit_dim",
         ):
             _positive(f"model.{name}", getattr(self, name))
+        _positive("model.weight_std", self.weight_std)
         _require(all(h > 0 for h in self.decoder_hidden), "model.decoder_hidden must be > 0")
         _require(self.recon_weight >= 0, "model.recon_weight must be >= 0")
         _require(
@@ -137,7 +139,7 @@ class TrainConfig:
     compile: bool = False
     deterministic: bool = True
     progress: bool = True  # rich progress bar on a terminal, log lines elsewhere
-    threads: Optional[int] = None  # torch CPU threads; default: torch's own choice
+    threads: int | None = None  # torch CPU threads; default: torch's own choice
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -187,12 +189,15 @@ def register_schema() -> None:
 
 
 def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
-    """Turn a composed Hydra config into a validated `Config`, raising `ConfigError` on bad values."""
-    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    if "hydra" in node:
-        node = OmegaConf.masked_copy(node, [k for k in node.keys() if k != "hydra"])
+    """Turn a composed Hydra config into a validated `Config` (`ConfigError` on bad values)."""
+    plain = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    assert isinstance(plain, dict)
+    plain.pop("hydra", None)
+    node = OmegaConf.create(plain)  # untyped, so the schema below checks every key
+    schema = OmegaConf.structured(Config)
+    OmegaConf.set_struct(schema, True)  # keys the schema lacks (e.g. `+foo=1`) are errors
     try:
-        obj = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), node))
+        obj = OmegaConf.to_object(OmegaConf.merge(schema, node))
     except ConfigError:
         raise
     except Exception as exc:  # OmegaConf interpolation/validation errors

@@ -31,3 +31,9 @@ class CheckpointError(CapsrouteError):
     """A checkpoint that cannot be loaded (damaged, or from an incompatible config)."""
 
     code = 2
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`, for logs, summaries and unexpected errors."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

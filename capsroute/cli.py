@@ -1,0 +1,218 @@
+"""The `capsroute` command line: thin wrappers over library functions.
+
+Every command turns its input into a validated config first, so bad input fails before any
+work with one line on stderr and exit status 2; runtime failures exit with 1 (130 when
+interrupted). `CAPSROUTE_DEBUG=1` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from capsroute import app as hydra_app
+from capsroute.config import to_config
+from capsroute.errors import CapsrouteError, ConfigError, one_line
+from capsroute.rundir import ensure_writable
+
+EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+ConfigDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--config-dir", "-cd", help="Extra config folder searched before the built-in one."
+    ),
+]
+
+cli = typer.Typer(
+    name="capsroute",
+    help="Routing-iteration studies on Capsule Networks (Sabour, Frosst & Hinton, 2017).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_cli = typer.Typer(help="Download datasets and check what is on disk.", no_args_is_help=True)
+cli.add_typer(data_cli, name="data")
+log = logging.getLogger("capsroute")
+
+
+def _split_overrides(args: list[str]) -> list[str]:
+    """Extra arguments are Hydra overrides (`key=value`); anything else is a typo."""
+    for arg in args:
+        if arg.startswith("-"):
+            raise ConfigError(f"unknown option '{arg}'; see `capsroute --help`")
+        if "=" not in arg:
+            raise ConfigError(f"'{arg}' is not an override; write key=value (e.g. seed=1)")
+    return args
+
+
+@cli.command(context_settings=EXTRA_ARGS)
+def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
+    """Train one CapsNet run: `capsroute train [key=value ...]`, e.g. routing.iterations=5.
+
+    The run directory (default outputs/runs/<dataset>-r<r>-s<seed>) is resumed when it
+    holds a checkpoint of the same config; a completed run is not trained again.
+    """
+    overrides = _split_overrides(ctx.args)
+    hydra_app.load_config(overrides, config_dir)  # validate before Hydra makes any directory
+    ensure_writable(hydra_app.planned_run_dir(overrides, config_dir))
+    hydra_app.run_hydra(_train_task, overrides, config_dir)
+
+
+def _train_task(cfg: DictConfig) -> None:
+    """The Hydra task: train into Hydra's output directory."""
+    from capsroute.train import train_run
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with exit_on_error():
+        summary = train_run(to_config(cfg), run_dir)
+        log.info(
+            "%s: %s, final test accuracy %.2f%% (best %.2f%% at epoch %s)",
+            run_dir,
+            summary["status"],
+            100 * summary.get("final_test_acc", float("nan")),
+            100 * summary.get("best_test_acc", float("nan")),
+            summary.get("best_epoch", "-"),
+        )
+
+
+@cli.command(context_settings=EXTRA_ARGS)
+def info(
+    ctx: typer.Context,
+    config_dir: ConfigDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    cfg: Annotated[bool, typer.Option("--cfg", help="Print the resolved config only.")] = False,
+) -> None:
+    """Resolved config, parameter counts, dataset sizes and device, without training."""
+    from capsroute.inspect import run_info
+
+    overrides = _split_overrides(ctx.args)
+    composed = hydra_app.compose_config(overrides, config_dir)
+    config = to_config(composed)
+    if cfg:
+        typer.echo(OmegaConf.to_yaml(composed, resolve=True).rstrip())
+        return
+    details = run_info(config)
+    if as_json:
+        typer.echo(json.dumps(details, indent=2))
+        return
+    console = Console()
+    console.print(OmegaConf.to_yaml(composed, resolve=True).rstrip(), highlight=False)
+    table = Table(title="capsroute info", show_header=False)
+    for key, value in _flatten(details):
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+def _flatten(details: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in details.items():
+        if key == "config":
+            continue
+        if isinstance(value, dict):
+            rows += _flatten(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows
+
+
+@data_cli.command("download")
+def data_download(
+    dataset: Annotated[str, typer.Option(help="Comma-separated: mnist,cifar10")] = "mnist,cifar10",
+    root: Annotated[
+        Path | None, typer.Option(help="Data root (default: $CAPSROUTE_DATA or ./data)")
+    ] = None,
+) -> None:
+    """Download datasets (on a machine with network access, e.g. a login node)."""
+    from capsroute.data import download
+
+    folder = _data_root(root)
+    for name in _dataset_list(dataset):
+        download(name, folder)
+        typer.echo(f"{name}: ready under {folder}")
+
+
+@data_cli.command("check")
+def data_check(
+    root: Annotated[
+        Path | None, typer.Option(help="Data root (default: $CAPSROUTE_DATA or ./data)")
+    ] = None,
+    verify: Annotated[bool, typer.Option(help="Apply torchvision's md5 checks.")] = True,
+) -> None:
+    """Which datasets are present and loadable under the data root, with image counts."""
+    from capsroute.data import check
+
+    folder = _data_root(root)
+    statuses = check(folder, verify)
+    table = Table(title=f"datasets under {folder}")
+    for column in ("dataset", "present", "loadable", "train", "test", "note"):
+        table.add_column(column)
+    for status in statuses:
+        table.add_row(
+            status.name,
+            "yes" if status.present else "no",
+            "yes" if status.loadable else "no",
+            str(status.train_count or "-"),
+            str(status.test_count or "-"),
+            status.message,
+        )
+    Console().print(table)
+    if not all(status.loadable for status in statuses):
+        raise typer.Exit(1)
+
+
+def _data_root(root: Path | None) -> Path:
+    return Path(root or os.environ.get("CAPSROUTE_DATA") or "data").expanduser().resolve()
+
+
+def _dataset_list(text: str) -> list[str]:
+    from capsroute.config import DATASETS
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in DATASETS]
+    if not names or unknown:
+        raise ConfigError(
+            f"unknown dataset(s) {unknown or text!r}; choose from {', '.join(DATASETS)}"
+        )
+    return names
+
+
+class exit_on_error:  # noqa: N801 (used as a context manager, reads as a statement)
+    """Turn exceptions into one line on stderr and an exit status.
+
+    CAPSROUTE_DEBUG=1 lets the exception (and its traceback) through instead.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, SystemExit | typer.Exit):
+            return False
+        if os.environ.get("CAPSROUTE_DEBUG"):
+            return False
+        if isinstance(exc, CapsrouteError):
+            code, message = exc.code, str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            code, message = 130, "interrupted"
+        else:
+            code = 1
+            message = f"{one_line(exc)} (set CAPSROUTE_DEBUG=1 for the traceback)"
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        raise SystemExit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    with exit_on_error():
+        cli()

@@ -1,0 +1,91 @@
+"""Evaluation of a CapsNet on a held set: accuracy, loss parts and per-iteration routing stats."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from capsroute.config import DatasetConfig, ModelConfig
+from capsroute.data import ImageTensors, eval_batches
+from capsroute.device import autocast
+from capsroute.losses import capsule_loss
+from capsroute.model import CapsNet
+
+
+@dataclass
+class EvalResult:
+    """Means over the evaluated images. `routing` holds one dict per routing iteration
+    (`iteration`, `delta_b`, `entropy`, `max_c`) when diagnostics were requested."""
+
+    images: int
+    accuracy: float
+    loss: float
+    margin_loss: float
+    recon_loss: float | None
+    routing: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate(
+    model: CapsNet,
+    data: ImageTensors,
+    dataset: DatasetConfig,
+    model_cfg: ModelConfig,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    iterations: int | None = None,
+    diagnostics: bool = False,
+) -> EvalResult:
+    """Evaluate in eval mode without augmentation, at the model's r or at `iterations`.
+
+    Sums stay on the device and are read once at the end, so no step waits on the host.
+    """
+    was_training = model.training
+    model.eval()
+    r = iterations or model.digit.routing.iterations
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, loss, margin, recon
+    stats = torch.zeros(3, r, dtype=torch.float64, device=device)  # delta_b, entropy, max_c
+    for images, labels in eval_batches(data, dataset, batch_size, device):
+        with autocast(device, precision):
+            out = model(images, labels, iterations=r, diagnostics=diagnostics)
+            parts = capsule_loss(out.lengths, out.reconstruction, images, labels, model_cfg)
+        n = labels.shape[0]
+        recon = parts.reconstruction if parts.reconstruction is not None else parts.margin * 0
+        totals += torch.stack(
+            [
+                (out.lengths.argmax(dim=1) == labels).sum().double(),
+                parts.total.double() * n,
+                parts.margin.double() * n,
+                recon.double() * n,
+            ]
+        )
+        if diagnostics:
+            routed = out.routing
+            assert routed.delta_b is not None and routed.entropy is not None
+            assert routed.max_c is not None
+            stats += torch.stack([routed.delta_b, routed.entropy, routed.max_c]).double() * n
+    model.train(was_training)
+    count = len(data)
+    correct, loss, margin, recon = (totals / count).tolist()
+    routing_rows = []
+    if diagnostics:
+        means = (stats / count).tolist()
+        routing_rows = [
+            {
+                "iteration": k + 1,
+                "delta_b": means[0][k],
+                "entropy": means[1][k],
+                "max_c": means[2][k],
+            }
+            for k in range(r)
+        ]
+    return EvalResult(
+        images=count,
+        accuracy=correct,
+        loss=loss,
+        margin_loss=margin,
+        recon_loss=recon if model.decoder is not None else None,
+        routing=routing_rows,
+    )

@@ -1,0 +1,40 @@
+"""`capsroute info`: what a config means (model size, data, device) without training."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from capsroute.config import Config, config_to_dict
+from capsroute.data import DATASET_INFO, input_shape, make_splits
+from capsroute.device import device_description, resolve_device
+from capsroute.errors import DataError
+from capsroute.model import CapsNet
+
+
+def run_info(config: Config) -> dict[str, Any]:
+    """Parameter counts, input shape, dataset sizes and the chosen device for `config`."""
+    info = DATASET_INFO[config.dataset.name]
+    shape = input_shape(config.dataset)
+    model = CapsNet(shape, info.num_classes, config.model, config.routing)
+    device = resolve_device(config.device)
+    details: dict[str, Any] = {
+        "dataset": config.dataset.name,
+        "input_shape": list(shape),
+        "routing_iterations": config.routing.iterations,
+        "primary_capsules": model.digit.n_in,
+        "parameters": model.parameter_counts(),
+        "device": str(device),
+        "device_name": device_description(device),
+    }
+    try:
+        splits = make_splits(config.dataset, config.seed, device="cpu")  # type: ignore[arg-type]
+        details["data"] = {
+            "root": config.dataset.root,
+            "train": len(splits.train),
+            "train_eval": len(splits.train_eval),
+            "test": len(splits.test),
+        }
+    except DataError as exc:
+        details["data"] = {"root": config.dataset.root, "error": str(exc)}
+    details["config"] = config_to_dict(config)
+    return details

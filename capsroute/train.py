@@ -1,0 +1,475 @@
+"""The training loop: one run from config to a complete, resumable run directory.
+
+`train_run(config, run_dir)` is the whole path: set up the device and seeds, load the data as
+tensors, build the CapsNet, resume from `checkpoint.pt` if there is one, then per epoch train,
+evaluate (train-eval subset and test set, routing diagnostics on the test set), and write
+`metrics.csv`, `routing.csv`, `checkpoint.pt` and `summary.json`, each atomically.
+Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run
+repeats exactly the epochs an uninterrupted one would have run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import capsroute
+from capsroute import rundir
+from capsroute.checkpoint import load_checkpoint, save_checkpoint
+from capsroute.config import Config, config_to_dict
+from capsroute.data import (
+    DATASET_INFO,
+    Splits,
+    input_shape,
+    make_splits,
+    num_batches,
+    train_batches,
+)
+from capsroute.device import autocast, device_description, grad_scaler, resolve_device
+from capsroute.errors import CapsrouteError, CheckpointError, one_line
+from capsroute.evaluation import EvalResult, evaluate
+from capsroute.losses import capsule_loss
+from capsroute.model import CapsNet
+
+log = logging.getLogger("capsroute")
+
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_margin_loss",
+    "train_recon_loss",
+    "train_acc",
+    "train_eval_acc",
+    "train_eval_loss",
+    "test_acc",
+    "test_loss",
+    "test_margin_loss",
+    "test_recon_loss",
+    "lr",
+    "epoch_seconds",
+    "images_per_s",
+    "eval_seconds",
+)
+ROUTING_COLUMNS = ("epoch", "iteration", "delta_b", "entropy", "max_c")
+
+# Settings that may change between the first run and a resume without changing the results'
+# meaning: more epochs, where the data and outputs live, how progress is shown.
+RESUMABLE_KEYS = {
+    "train.epochs",
+    "train.progress",
+    "train.threads",
+    "train.eval_batch_size",
+    "train.compile",
+    "device",
+    "dataset.root",
+    "dataset.download",
+    "dataset.on_device",
+    "out_root",
+    "run_name",
+}
+
+
+class NonFiniteLossError(CapsrouteError):
+    """The training loss became NaN or infinite."""
+
+
+class InterruptedRunError(CapsrouteError):
+    """SIGINT or SIGTERM arrived; the run stopped at its last complete checkpoint."""
+
+    code = 130
+
+
+@dataclass
+class TrainState:
+    """What a resume needs beyond the weights: finished epochs and the rows written so far."""
+
+    epoch: int
+    step: int
+    metrics: list[dict[str, Any]]
+    routing: list[dict[str, Any]]
+    wall_seconds: float
+
+
+def train_run(config: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+    """Train (or resume, or confirm complete) the run in `run_dir`; return its summary."""
+    run_dir = Path(run_dir)
+    rundir.ensure_writable(run_dir)
+    with rundir.run_lock(run_dir):
+        return _train_locked(config, run_dir, console or Console(stderr=True))
+
+
+def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, Any]:
+    device = setup_torch(config)
+    checkpoint_path = run_dir / rundir.CHECKPOINT_FILE
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+    if checkpoint is not None:
+        check_resumable(checkpoint["config"], config_to_dict(config), checkpoint_path)
+    splits = make_splits(config.dataset, config.seed, device)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: config.train.lr_decay_rate ** (step / config.train.lr_decay_steps)
+    )
+    scaler = grad_scaler(device, config.train.precision)
+    state = TrainState(epoch=0, step=0, metrics=[], routing=[], wall_seconds=0.0)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = TrainState(**checkpoint["state"])
+        log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
+    step_fn = torch.compile(model) if config.train.compile else model
+    summary = new_summary(config, run_dir, model, device, splits)
+    if state.epoch >= config.train.epochs:
+        log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
+        return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+    write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+    try:
+        with stop_on_signals():
+            for epoch in range(state.epoch + 1, config.train.epochs + 1):
+                started = time.perf_counter()
+                row, routing_rows = run_epoch(
+                    config, epoch, model, step_fn, optimizer, schedule, scaler, splits, device,
+                    state, console,
+                )  # fmt: skip
+                state.epoch = epoch
+                state.metrics.append(row)
+                state.routing.extend(routing_rows)
+                state.wall_seconds += time.perf_counter() - started
+                save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
+                write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+                log.info(epoch_line(row, config.train.epochs))
+    except InterruptedRunError as exc:
+        write_summary(summary, state, rundir.STATUS_INTERRUPTED, run_dir, error=str(exc))
+        raise
+    except KeyboardInterrupt as exc:
+        write_summary(summary, state, rundir.STATUS_INTERRUPTED, run_dir, error="interrupted")
+        raise InterruptedRunError(
+            f"interrupted after epoch {state.epoch}; run the same command to resume"
+        ) from exc
+    except Exception as exc:
+        write_summary(summary, state, rundir.STATUS_FAILED, run_dir, error=one_line(exc))
+        raise
+    return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+
+
+def setup_torch(config: Config) -> torch.device:
+    """Threads, determinism and the device, before any tensor is made."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    if config.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.train.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device
+
+
+def build_model(config: Config) -> CapsNet:
+    """The CapsNet for the configured dataset (input shape and class count come from the data)."""
+    info = DATASET_INFO[config.dataset.name]
+    return CapsNet(input_shape(config.dataset), info.num_classes, config.model, config.routing)
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint trained with a different config (a silent mix is worse)."""
+    changed = [
+        f"{key}: {old!r} -> {new!r}"
+        for key, old, new in _diff(saved, current)
+        if key not in RESUMABLE_KEYS
+    ]
+    if changed:
+        raise CheckpointError(
+            f"{path} was trained with a different config ({'; '.join(changed[:3])}); "
+            "use another run_name=... for the new config, or move the old run away"
+        )
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            yield from _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+    elif old != new:
+        yield prefix.rstrip("."), old, new
+
+
+def run_epoch(
+    config: Config,
+    epoch: int,
+    model: CapsNet,
+    step_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    splits: Splits,
+    device: torch.device,
+    state: TrainState,
+    console: Console,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One pass over the training set, then evaluation; returns the metrics and routing rows."""
+    train, dataset = config.train, config.dataset
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, margin, recon, correct
+    batches = num_batches(len(splits.train), train.batch_size)
+    lr = optimizer.param_groups[0]["lr"]
+    model.train()
+    started = time.perf_counter()
+    with epoch_progress(console, epoch, config.train.epochs, batches, train.progress) as advance:
+        for images, labels in train_batches(
+            splits.train, dataset, train.batch_size, generator, device
+        ):
+            with autocast(device, train.precision):
+                out = step_fn(images, labels)
+                parts = capsule_loss(out.lengths, out.reconstruction, images, labels, config.model)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(parts.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step()
+            state.step += 1
+            n = labels.shape[0]
+            recon = parts.reconstruction if parts.reconstruction is not None else parts.margin * 0
+            totals += torch.stack(
+                [
+                    parts.total.detach().double() * n,
+                    parts.margin.detach().double() * n,
+                    recon.detach().double() * n,
+                    (out.lengths.argmax(dim=1) == labels).sum().double(),
+                ]
+            )
+            advance(totals[0] / max(1, state.step), state.step)
+    train_seconds = time.perf_counter() - started
+    loss, margin, recon, correct = (totals / len(splits.train)).tolist()
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"training loss became {loss} in epoch {epoch} (by step {state.step}); the last good "
+            "checkpoint is kept: lower train.lr or use train.precision=fp32"
+        )
+    eval_started = time.perf_counter()
+    eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
+    train_eval = evaluate(model, splits.train_eval, *eval_args)
+    test = evaluate(model, splits.test, *eval_args, diagnostics=True)
+    eval_seconds = time.perf_counter() - eval_started
+    row = metrics_row(epoch, loss, margin, recon, correct, train_eval, test, lr, config)
+    row.update(
+        epoch_seconds=train_seconds,
+        images_per_s=len(splits.train) / train_seconds,
+        eval_seconds=eval_seconds,
+    )
+    routing_rows = [{"epoch": epoch, **r} for r in test.routing]
+    return row, routing_rows
+
+
+def metrics_row(
+    epoch: int,
+    loss: float,
+    margin: float,
+    recon: float,
+    correct: float,
+    train_eval: EvalResult,
+    test: EvalResult,
+    lr: float,
+    config: Config,
+) -> dict[str, Any]:
+    """One `metrics.csv` row; the reconstruction columns are empty without a decoder."""
+    has_decoder = config.model.reconstruction
+    return {
+        "epoch": epoch,
+        "train_loss": loss,
+        "train_margin_loss": margin,
+        "train_recon_loss": recon if has_decoder else None,
+        "train_acc": correct,
+        "train_eval_acc": train_eval.accuracy,
+        "train_eval_loss": train_eval.loss,
+        "test_acc": test.accuracy,
+        "test_loss": test.loss,
+        "test_margin_loss": test.margin_loss,
+        "test_recon_loss": test.recon_loss,
+        "lr": lr,
+    }
+
+
+@contextmanager
+def epoch_progress(
+    console: Console, epoch: int, epochs: int, batches: int, enabled: bool
+) -> Iterator[Any]:
+    """A rich progress bar on a terminal; plain log lines at every 10% elsewhere.
+
+    Yields `advance(running_loss_tensor, step)`. The loss is read from the device only every
+    `_LOSS_EVERY` steps, so the training step never waits on the host.
+    """
+    label = f"epoch {epoch}/{epochs}"
+    done = 0
+    if enabled and console.is_terminal:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(label, total=batches, loss="-")
+
+            def advance(loss: torch.Tensor, step: int) -> None:
+                fields = {"loss": f"{loss.item():.4f}"} if step % _LOSS_EVERY == 0 else {}
+                progress.update(task, advance=1, **fields)
+
+            yield advance
+        return
+    marks = {max(1, round(batches * k / 10)) for k in range(1, 10)} if enabled else set()
+
+    def advance(loss: torch.Tensor, step: int) -> None:
+        nonlocal done
+        done += 1
+        if done in marks:
+            log.info("%s: %d/%d batches, mean loss %.4f", label, done, batches, loss.item())
+
+    yield advance
+
+
+_LOSS_EVERY = 20
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The one-line epoch summary."""
+    return (
+        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+        f"train {100 * row['train_acc']:.2f}%  train-eval {100 * row['train_eval_acc']:.2f}%  "
+        f"test {100 * row['test_acc']:.2f}% (loss {row['test_loss']:.4f})  "
+        f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+    )
+
+
+def save_epoch(
+    run_dir: Path,
+    state: TrainState,
+    model: CapsNet,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: Config,
+) -> None:
+    """Write the result files, then the checkpoint that makes them the resume point."""
+    rundir.write_csv(run_dir / rundir.METRICS_FILE, state.metrics, METRICS_COLUMNS)
+    rundir.write_csv(run_dir / rundir.ROUTING_FILE, state.routing, ROUTING_COLUMNS)
+    save_checkpoint(
+        run_dir / rundir.CHECKPOINT_FILE,
+        {
+            "config": config_to_dict(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": vars(state),
+        },
+    )
+
+
+def new_summary(
+    config: Config, run_dir: Path, model: CapsNet, device: torch.device, splits: Splits
+) -> dict[str, Any]:
+    """The static part of `summary.json`: what ran, where, on what."""
+    import torchvision
+
+    return {
+        "status": rundir.STATUS_RUNNING,
+        "run_dir": str(run_dir),
+        "dataset": config.dataset.name,
+        "iterations": config.routing.iterations,
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "parameters": model.parameter_counts(),
+        "data_sizes": {
+            "train": len(splits.train),
+            "train_eval": len(splits.train_eval),
+            "test": len(splits.test),
+        },
+        "device": str(device),
+        "device_name": device_description(device),
+        "precision": config.train.precision,
+        "versions": {
+            "capsroute": capsroute.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        },
+        "started_at": _now(),
+        "config": config_to_dict(config),
+    }
+
+
+def write_summary(
+    summary: dict[str, Any],
+    state: TrainState,
+    status: str,
+    run_dir: Path,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Fill the numbers from `state` into `summary` and write `summary.json` atomically."""
+    summary.update(status=status, updated_at=_now(), epochs_completed=state.epoch)
+    summary["wall_seconds"] = state.wall_seconds
+    summary["error"] = error
+    if state.metrics:
+        last = state.metrics[-1]
+        best = max(state.metrics, key=lambda row: row["test_acc"])
+        summary.update(
+            final_test_acc=last["test_acc"],
+            final_test_error=1.0 - last["test_acc"],
+            final_train_eval_acc=last["train_eval_acc"],
+            best_test_acc=best["test_acc"],
+            best_epoch=best["epoch"],
+        )
+    rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    return summary
+
+
+def finish_summary(
+    summary: dict[str, Any], state: TrainState, status: str, run_dir: Path
+) -> dict[str, Any]:
+    summary["finished_at"] = _now()
+    return write_summary(summary, state, status, run_dir)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM (what SLURM sends before pre-emption) into the same stop as Ctrl-C."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise InterruptedRunError(
+            f"stopped by {signal.Signals(signum).name}; run the same command to resume"
+        )
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a launcher's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
