@@ -232,6 +232,7 @@ def run_epoch(
     batches = num_batches(len(splits.train), train.batch_size)
     lr = optimizer.param_groups[0]["lr"]
     model.train()
+    seen = 0
     started = time.perf_counter()
     with epoch_progress(console, epoch, config.train.epochs, batches, train.progress) as advance:
         for images, labels in train_batches(
@@ -256,7 +257,8 @@ def run_epoch(
                     (out.lengths.argmax(dim=1) == labels).sum().double(),
                 ]
             )
-            advance(totals[0] / max(1, state.step), state.step)
+            seen += n
+            advance(totals[0] / seen, state.step)
     train_seconds = time.perf_counter() - started
     loss, margin, recon, correct = (totals / len(splits.train)).tolist()
     if not math.isfinite(loss):
