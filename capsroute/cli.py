@@ -125,6 +125,36 @@ def _flatten(details: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
     return rows
 
 
+@cli.command()
+def report(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="Sweep or run directories, or folders above them (default: newest "
+            "sweep under outputs/sweeps/).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: PATH/report).")
+    ] = None,
+    formats: Annotated[
+        str, typer.Option("--format", help="Comma-separated: md,csv,tex,html.")
+    ] = "md,csv,tex,html",
+    metric: Annotated[
+        str, typer.Option("--metric", help="Headline metric: test_acc or test_error.")
+    ] = "test_acc",
+) -> None:
+    """Tables, figures and findings for a sweep: what does the number of routing iterations do?
+
+    Runs still running, failed, or with damaged files are listed and left out of the numbers.
+    """
+    from capsroute.report import make_report, parse_formats, print_report
+
+    made = make_report(paths or [], out, parse_formats(formats), metric)
+    print_report(made, Console())
+
+
 @data_cli.command("download")
 def data_download(
     dataset: Annotated[str, typer.Option(help="Comma-separated: mnist,cifar10")] = "mnist,cifar10",
