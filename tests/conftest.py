@@ -32,8 +32,7 @@ def data_root() -> Path:
     return root
 
 
-@pytest.fixture()
-def tiny_overrides(data_root: Path) -> list[str]:
+def tiny_run_overrides(data_root: Path) -> list[str]:
     """Overrides for a seconds-long MNIST run: 256 train / 128 test images, tiny model."""
     return [
         f"dataset.root={data_root}",
@@ -46,3 +45,9 @@ def tiny_overrides(data_root: Path) -> list[str]:
         "train.progress=false",
         *TINY_MODEL,
     ]
+
+
+@pytest.fixture()
+def tiny_overrides(data_root: Path) -> list[str]:
+    """`tiny_run_overrides` on the real data (skips when the data are absent)."""
+    return tiny_run_overrides(data_root)
