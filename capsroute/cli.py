@@ -86,6 +86,48 @@ def _train_task(cfg: DictConfig) -> None:
 
 
 @cli.command(context_settings=EXTRA_ARGS)
+def sweep(
+    ctx: typer.Context,
+    iters: Annotated[str | None, typer.Option(help="Routing iterations, e.g. 1,3,5.")] = None,
+    datasets: Annotated[
+        str | None, typer.Option(help="Comma-separated: mnist,cifar10 (default mnist).")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds, e.g. 0,1,2 (default 0).")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Sweep folder under outputs/sweeps/ (default: time).")
+    ] = None,
+    launcher: Annotated[
+        str | None, typer.Option(help="basic | joblib | submitit_local | submitit_slurm.")
+    ] = None,
+    jobs: Annotated[int | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    config_dir: ConfigDir = None,
+) -> None:
+    """Run a routing-iteration grid as a Hydra multirun: `capsroute sweep --iters 1,3,5`.
+
+    Extra key=value overrides apply to every run; Hydra sweep syntax (train.lr=0.001,0.0005)
+    adds an axis. Re-running with the same --name skips completed runs and resumes the rest.
+    """
+    import shlex
+
+    from capsroute import sweep as sweeps
+
+    request = sweeps.SweepRequest(
+        iters=None if iters is None else sweeps.parse_int_list(iters, "--iters", 1),
+        datasets=None if datasets is None else sweeps.parse_dataset_list(datasets),
+        seeds=None if seeds is None else sweeps.parse_int_list(seeds, "--seeds", 0),
+        name=name,
+        launcher=launcher,
+        jobs=jobs,
+        overrides=_split_overrides(ctx.args),
+        config_dir=config_dir,
+        dry_run=dry_run,
+        command=shlex.join(["capsroute", *sys.argv[1:]]),
+    )
+    sweeps.sweep(request)
+
+
+@cli.command(context_settings=EXTRA_ARGS)
 def info(
     ctx: typer.Context,
     config_dir: ConfigDir = None,
