@@ -90,7 +90,7 @@ def metric_vs_r(
         ax.set_xticks(sorted(frame["r"].unique()))
         ax.set_xlabel("routing iterations r")
         ax.set_ylabel(f"{label} (%)")
-        counts = frame.groupby("r").size()
+        counts = frame.groupby([*axes, "r"]).size()  # seeds per plotted point
         ax.legend(title=f"n = {_count_text(counts)} seeds; dots: seeds", fontsize="small")
     return _save(fig, path)
 
@@ -108,6 +108,7 @@ def per_epoch(
     path: Path,
     percent: bool = False,
     log: bool = False,
+    zero_line: bool = False,
 ) -> Path:
     """`column` against epoch, one line per r (mean over seeds, band ± std)."""
     scale = 100.0 if percent else 1.0
@@ -120,6 +121,8 @@ def per_epoch(
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")
+        if zero_line:
+            ax.axhline(0, color="black", linewidth=0.8)
         _integer_ticks(ax, frame["epoch"])
     return _save(fig, path)
 
@@ -153,6 +156,7 @@ def _lines(
     markers: bool = False,
 ) -> None:
     colours = _colours(frame["r"].tolist())
+    banded = False
     for index, variant in enumerate(_variants(frame, axes)):
         rows = _variant_rows(frame, axes, variant)
         for r, cell in rows.groupby("r", sort=True):
@@ -165,10 +169,11 @@ def _lines(
                 color=colours[r], label=f"{name} (n={n})",
             )  # fmt: skip
             if n > 1:
+                banded = True
                 low = scale * (stats["mean"] - stats["std"])
                 high = scale * (stats["mean"] + stats["std"])
                 ax.fill_between(stats[x], low, high, color=colours[r], alpha=0.18, linewidth=0)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", title="mean; band ± 1 std" if banded else "mean")
 
 
 def _integer_ticks(ax: Axes, values: pd.Series) -> None:

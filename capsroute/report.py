@@ -138,7 +138,7 @@ def draw_figures(report: Report) -> list[Path]:
         plots.per_epoch(
             runset.epochs.assign(gap=runset.epochs["train_eval_acc"] - runset.epochs["test_acc"]),
             axes, "gap", "train-eval minus test accuracy (points)",
-            folder / "gap_curves.png", percent=True,
+            folder / "gap_curves.png", percent=True, zero_line=True,
         ),
         plots.per_epoch(
             runset.epochs, axes, "train_loss", "training loss (log scale)",
