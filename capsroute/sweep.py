@@ -650,7 +650,7 @@ def print_results(plan: SweepPlan, results: Sequence[dict[str, Any]], console: C
     table.add_column("status")
     table.add_column("epochs", justify="right")
     table.add_column("test acc", justify="right")
-    table.add_column("error (full text in summary.json)", max_width=60, overflow="ellipsis")
+    table.add_column("error", max_width=60, overflow="ellipsis")
     for row in results:
         acc = row["final_test_acc"]
         table.add_row(
