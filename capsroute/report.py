@@ -136,7 +136,7 @@ def draw_figures(report: Report) -> list[Path]:
             folder / "test_acc_curves.png", percent=True,
         ),
         plots.per_epoch(
-            runset.epochs.assign(gap=runset.epochs["train_eval_acc"] - runset.epochs["test_acc"]),
+            runset.epochs,
             axes, "gap", "train-eval minus test accuracy (points)",
             folder / "gap_curves.png", percent=True, zero_line=True,
         ),

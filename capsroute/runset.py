@@ -49,6 +49,10 @@ WARNING_COLUMNS = ("run", "status", "problem")
 class UnusableRunError(Exception):
     """Why one run cannot be used; becomes a row of the warnings table."""
 
+    def __init__(self, problem: str, status: str = "damaged") -> None:
+        super().__init__(problem)
+        self.problem, self.status = problem, status
+
 
 @dataclass
 class Run:
@@ -62,7 +66,11 @@ class Run:
 
 @dataclass
 class RunSet:
-    """Everything loaded: tidy per-epoch and per-iteration tables, warnings, the extra axes."""
+    """Everything loaded: tidy per-epoch and per-iteration tables, warnings, the extra axes.
+
+    `epochs` adds `test_error` (1 - test_acc) and `gap` (train_eval_acc - test_acc) to the
+    metrics.csv columns.
+    """
 
     epochs: pd.DataFrame
     routing: pd.DataFrame
@@ -103,14 +111,18 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
         name = _display_name(run_dir, paths)
         try:
             runs.append(load_run(run_dir, name))
-        except UnusableRunError as problem:
-            status = problem.args[1] if len(problem.args) > 1 else "damaged"
-            warnings.append({"run": name, "status": status, "problem": str(problem.args[0])})
+        except UnusableRunError as unusable:
+            warnings.append({"run": name, "status": unusable.status, "problem": unusable.problem})
     runs, duplicates = _drop_duplicates(runs)
     warnings += duplicates
     axes = swept_axes([run.config for run in runs])
+    epochs = _tidy([_with_keys(run, run.metrics, axes) for run in runs], axes)
+    if not epochs.empty:  # derived per-epoch columns the report plots
+        epochs = epochs.assign(
+            test_error=1.0 - epochs["test_acc"], gap=epochs["train_eval_acc"] - epochs["test_acc"]
+        )
     return RunSet(
-        epochs=_tidy([_with_keys(run, run.metrics, axes) for run in runs], axes),
+        epochs=epochs,
         routing=_tidy([_with_keys(run, run.routing, axes) for run in runs], axes),
         warnings=pd.DataFrame(warnings, columns=list(WARNING_COLUMNS)),
         axes=axes,
@@ -119,13 +131,10 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
 
 
 def _display_name(run_dir: Path, roots: list[Path]) -> str:
-    """The run's path relative to the PATH it was found under (the run's own name if equal)."""
-    for root in roots:
-        if run_dir == root:
-            return run_dir.name
-        if run_dir.is_relative_to(root):
-            return str(run_dir.relative_to(root))
-    return str(run_dir)
+    """A unique, short name: the path relative to the PATH (or the PATHs' common folder)."""
+    base = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
+    relative = run_dir.relative_to(base) if run_dir.is_relative_to(base) else run_dir
+    return run_dir.name if str(relative) == "." else str(relative)
 
 
 def load_run(run_dir: Path, name: str) -> Run:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from capsroute import rundir
+from capsroute.errors import ConfigError
 from capsroute.report import NoRunsError, Report, make_report
 from capsroute.runset import load_runs
 from capsroute.stats import t_quantile
@@ -147,6 +148,8 @@ def test_report_files_and_tables(known_report: Report) -> None:
     assert len(runs) == 6 * 3  # one row per run x epoch
     assert {"run", "dataset", "r", "seed", "epoch", "test_acc", "train_eval_acc"} <= set(runs)
     assert sorted(runs["run"].unique())[0] == "mnist/r1/s0"
+    first = runs[runs["run"] == "mnist/r1/s0"].iloc[-1]  # epoch 3: 0.95 - 0.88
+    assert first["gap"] == pytest.approx(0.07) and first["test_error"] == pytest.approx(0.12)
     saved = pd.read_csv(out / "summary.csv")
     assert saved["final_test_acc_mean"].tolist() == pytest.approx([0.90, 0.93])
     markdown = (out / "summary.md").read_text()
@@ -237,3 +240,19 @@ def test_default_path_is_the_newest_sweep(tmp_path: Path) -> None:
     assert report.out_dir == tmp_path / "outputs/sweeps/new/report"
     assert report.summary["r"].tolist() == [3]
     assert old.exists() and new.exists()
+
+
+def test_two_sweeps_with_the_same_layout_stay_apart(tmp_path: Path) -> None:
+    for name, acc in (("a", 0.6), ("b", 0.8)):
+        rows = metrics_rows([0.5, acc], [0.55, 0.9], [0.4, 0.3])
+        config = run_config("mnist", 3, 0, 2, **{"train.lr": 0.001 if name == "a" else 0.002})
+        write_run(tmp_path / name / "mnist/r3/s0", config, rows)
+    report = make_report([tmp_path / "a", tmp_path / "b"], out=tmp_path / "out")
+    assert sorted(report.runs["run"]) == ["a/mnist/r3/s0", "b/mnist/r3/s0"]
+    assert report.summary["final_test_acc_mean"].tolist() == pytest.approx([0.6, 0.8])
+
+
+def test_several_paths_need_an_output_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--out DIR") as caught:
+        make_report([tmp_path, tmp_path])
+    assert caught.value.code == 2

@@ -55,10 +55,10 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     sweep = cwd / "outputs" / "sweeps" / "tiny"
     base = [
         f"dataset.root={root}",
-        "dataset.train_size=128",
+        "dataset.train_size=64",
         "dataset.test_size=64",
-        "dataset.train_eval_size=64",
-        "train.batch_size=64",
+        "dataset.train_eval_size=32",
+        "train.batch_size=32",
         "train.eval_batch_size=128",
         "train.epochs=2",
         "train.progress=false",
