@@ -69,6 +69,7 @@ AXIS_KEYS = {key for _, keys in AXES.values() for key in keys}
 BASE_SUBDIR = "${dataset.name}/r${routing.iterations}/s${seed}"
 
 STATE_DONE, STATE_RESUME, STATE_NEW, STATE_LOCKED = "done", "resume", "new", "locked"
+STATE_CONFLICT = "conflict"  # completed, but with another config: never silently reused
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,6 +415,9 @@ def plan_run(job: Sequence[str], cfg: DictConfig) -> PlannedRun:
     run_dir = run_dir_of(cfg)
     epochs = int(cfg.train.epochs)
     state, note = run_state(run_dir, epochs)
+    if state == STATE_DONE:
+        note = config_conflict(read_summary(run_dir), cfg)
+        state = STATE_CONFLICT if note else state
     return PlannedRun(
         overrides=list(job),
         run_dir=run_dir,
@@ -424,6 +428,38 @@ def plan_run(job: Sequence[str], cfg: DictConfig) -> PlannedRun:
         seed=int(cfg.seed),
         epochs=epochs,
     )
+
+
+def config_conflict(summary: dict[str, Any], cfg: DictConfig) -> str:
+    """Why a completed run does not match the planned config ('' when it does).
+
+    Keys that may change between attempts (epochs, device, paths, ...) are ignored, as in
+    `train.check_resumable`; anything else means another sweep used this name.
+    """
+    from capsroute.config import config_to_dict
+    from capsroute.train import RESUMABLE_KEYS
+
+    saved = summary.get("config")
+    if not isinstance(saved, dict):
+        return ""
+    changed = [
+        f"{key}: {old!r} -> {new!r}"
+        for key, old, new in _diff(saved, config_to_dict(to_config(cfg)))
+        if key not in RESUMABLE_KEYS
+    ]
+    if not changed:
+        return ""
+    return f"completed with another config ({'; '.join(changed[:2])}); use another --name"
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            item
+            for key in sorted(set(old) | set(new))
+            for item in _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
 
 
 def check_unique_dirs(runs: Sequence[PlannedRun]) -> None:
@@ -556,7 +592,10 @@ def new_manifest(plan: SweepPlan, request: SweepRequest) -> dict[str, Any]:
         "overrides": plan.overrides,
         "grid": plan.grid,
         "total_runs": len(plan.runs),
-        "planned": {s: plan.count(s) for s in (STATE_DONE, STATE_RESUME, STATE_NEW, STATE_LOCKED)},
+        "planned": {
+            s: plan.count(s)
+            for s in (STATE_DONE, STATE_RESUME, STATE_NEW, STATE_LOCKED, STATE_CONFLICT)
+        },
         "status": "running",
         "first_started_at": first,
         "started_at": _now(),
@@ -591,9 +630,12 @@ def collect_results(plan: SweepPlan) -> list[dict[str, Any]]:
 def result_row(plan: SweepPlan, run: PlannedRun, summary: dict[str, Any]) -> dict[str, Any]:
     """One run's line in `sweep.json` and the final table."""
     status = summary.get("status") or "not started"
+    error = summary.get("error")
     holder = lock_holder(run.run_dir)
     if holder is not None and status != rundir.STATUS_COMPLETED:
-        status = "locked"
+        status, error = STATE_LOCKED, f"in use by {holder}"
+    if run.state == STATE_CONFLICT:
+        status, error = STATE_CONFLICT, run.note
     return {
         "run_dir": str(run.run_dir.relative_to(plan.root)),
         "overrides": run.overrides,
@@ -605,7 +647,7 @@ def result_row(plan: SweepPlan, run: PlannedRun, summary: dict[str, Any]) -> dic
         "epochs_completed": summary.get("epochs_completed", 0),
         "epochs": run.epochs,
         "final_test_acc": summary.get("final_test_acc"),
-        "error": f"in use by {holder}" if status == "locked" else summary.get("error"),
+        "error": error,
     }
 
 
@@ -634,11 +676,12 @@ def print_plan(plan: SweepPlan, console: Console) -> None:
             run.note,
         )
     console.print(table)
-    locked = plan.count(STATE_LOCKED)
+    locked, conflict = plan.count(STATE_LOCKED), plan.count(STATE_CONFLICT)
     console.print(
         f"total {len(plan.runs)}: done {plan.count(STATE_DONE)}, "
         f"will resume {plan.count(STATE_RESUME)}, new {plan.count(STATE_NEW)}"
-        + (f", locked by another process {locked}" if locked else ""),
+        + (f", locked by another process {locked}" if locked else "")
+        + (f", completed with another config {conflict}" if conflict else ""),
         highlight=False,
     )
 

@@ -112,6 +112,16 @@ def test_killed_sweep_resumes_and_skips_completed_runs(
     assert "total 2: done 2, will resume 0, new 0" in again.stdout
     assert snapshot(root / "mnist") == everything
 
+    # The same name with another (non-swept) setting must not pass old results off as new.
+    changed = run_cli(*args, "train.lr=0.002", cwd=tmp_path)
+    assert changed.returncode == 1
+    assert "completed with another config 2" in changed.stdout
+    assert (
+        "train.lr: 0.001 -> 0.002"
+        in json.loads((root / "sweep.json").read_text())["runs"][0]["error"]
+    )
+    assert snapshot(root / "mnist") == everything
+
 
 def test_a_failing_run_does_not_stop_the_others(
     tmp_path: Path, tiny_overrides: list[str], data_root: Path
