@@ -206,9 +206,10 @@ def data_download(
 ) -> None:
     """Download datasets (on a machine with network access, e.g. a login node)."""
     from capsroute.data import download
+    from capsroute.sweep import parse_dataset_list
 
     folder = _data_root(root)
-    for name in _dataset_list(dataset):
+    for name in parse_dataset_list(dataset, "--dataset"):
         download(name, folder)
         typer.echo(f"{name}: ready under {folder}")
 
@@ -244,18 +245,6 @@ def data_check(
 
 def _data_root(root: Path | None) -> Path:
     return Path(root or os.environ.get("CAPSROUTE_DATA") or "data").expanduser().resolve()
-
-
-def _dataset_list(text: str) -> list[str]:
-    from capsroute.config import DATASETS
-
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in DATASETS]
-    if not names or unknown:
-        raise ConfigError(
-            f"unknown dataset(s) {unknown or text!r}; choose from {', '.join(DATASETS)}"
-        )
-    return names
 
 
 class exit_on_error:  # noqa: N801 (used as a context manager, reads as a statement)

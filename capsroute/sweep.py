@@ -90,17 +90,17 @@ def parse_int_list(text: str, option: str, minimum: int) -> list[int]:
     return values
 
 
-def parse_dataset_list(text: str) -> list[str]:
+def parse_dataset_list(text: str, option: str = "--datasets") -> list[str]:
     """`"mnist,cifar10"` -> known dataset names, no duplicates, not empty."""
     items = [item.strip() for item in text.split(",")]
     if not text.strip() or any(not item for item in items):
-        raise ConfigError(f"--datasets needs a comma-separated list, got '{text}'")
+        raise ConfigError(f"{option} needs a comma-separated list, got '{text}'")
     for item in items:
         if item not in DATASETS:
             raise ConfigError(
-                f"--datasets: unknown dataset '{item}'; choose from {', '.join(DATASETS)}"
+                f"{option}: unknown dataset '{item}'; choose from {', '.join(DATASETS)}"
             )
-    _no_duplicates("--datasets", items, items)
+    _no_duplicates(option, items, items)
     return items
 
 
