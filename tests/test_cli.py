@@ -9,10 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import TINY_MODEL
-
 CAPSROUTE = shutil.which("capsroute", path=str(Path(sys.executable).parent)) or "capsroute"
 
 
@@ -87,65 +83,6 @@ def test_info_reports_parameter_counts(tmp_path: Path, data_root: Path) -> None:
     assert details["data"]["train"] == 60000 and details["data"]["test"] == 10000
     assert details["device"] == "cpu"
     assert not (tmp_path / "outputs").exists()
-
-
-BAD_INPUTS = [
-    (["train", "routing.iterations=0"], "routing.iterations must be >= 1"),
-    (["train", "routing.iterations=-2"], "routing.iterations must be >= 1"),
-    (["train", "routing.iterations=two"], "could not be converted to Integer"),
-    (["train", "routing.iter=3"], "unknown config key 'routing.iter'"),
-    (["train", "+foo=1"], "Key 'foo' not in 'Config'"),
-    (["train", "dataset=svhn"], "unknown dataset 'svhn'; choose one of: cifar10, mnist"),
-    (["train", "dataset.name=svhn"], "unknown dataset 'svhn'"),
-    (["train", "train.lr=-0.1"], "train.lr must be > 0"),
-    (["train", "train.batch_size=0"], "train.batch_size must be > 0"),
-    (["train", "train.precision=fp8"], "train.precision must be one of"),
-    (["train", "routing.grad=none"], "routing.grad must be one of"),
-    (["train", "device=tpu"], "unknown device 'tpu'"),
-    (["train", "seed=[1"], "no viable alternative"),
-    (["train", "routing.iterations"], "is not an override"),
-    (["train", "--bogus"], "unknown option '--bogus'"),
-    (["info", "run_name=../../etc"], "without '..'"),
-]
-
-
-@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[" ".join(a) for a, _ in BAD_INPUTS])
-def test_bad_input_is_one_line_and_exit_code_2(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
-    assert_one_line_error(run_cli(*args, cwd=tmp_path), 2, message)
-    assert not (tmp_path / "outputs").exists()
-
-
-def test_cuda_requested_without_gpu(tmp_path: Path) -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is present")
-    assert_one_line_error(run_cli("info", "device=cuda", cwd=tmp_path), 2, "no CUDA GPU")
-
-
-def test_missing_data_names_the_root_and_the_fix(tmp_path: Path) -> None:
-    result = run_cli("train", f"dataset.root={tmp_path / 'nowhere'}", *TINY_MODEL, cwd=tmp_path)
-    assert_one_line_error(result, 2, str(tmp_path / "nowhere"))
-    assert "dataset.download=true" in result.stderr or "CAPSROUTE_DATA" in result.stderr
-
-
-def test_corrupt_checkpoint_is_named(tmp_path: Path, tiny_overrides: list[str]) -> None:
-    run = tmp_path / "outputs" / "runs" / "broken"
-    run.mkdir(parents=True)
-    (run / "checkpoint.pt").write_bytes(b"\x00not a checkpoint")
-    result = run_cli("train", *tiny_overrides, "run_name=broken", cwd=tmp_path)
-    assert_one_line_error(result, 2, str(run / "checkpoint.pt"))
-    assert (run / "checkpoint.pt").read_bytes() == b"\x00not a checkpoint"
-
-
-def test_unwritable_output_root(tmp_path: Path, tiny_overrides: list[str]) -> None:
-    (tmp_path / "blocker").write_text("a file, not a directory")
-    result = run_cli("train", *tiny_overrides, "out_root=blocker", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert "blocker" in result.stderr
 
 
 def test_user_config_dir_adds_a_dataset_option(tmp_path: Path, data_root: Path) -> None:
