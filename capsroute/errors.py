@@ -27,6 +27,10 @@ class RunDirError(CapsrouteError):
     code = 2
 
 
+class OutputWriteError(CapsrouteError):
+    """A result file could not be written (disk full, permissions); the old version is intact."""
+
+
 class CheckpointError(CapsrouteError):
     """A checkpoint that cannot be loaded (damaged, or from an incompatible config)."""
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from capsroute.errors import RunDirError
+from capsroute.errors import OutputWriteError, RunDirError
 
 METRICS_FILE = "metrics.csv"
 ROUTING_FILE = "routing.csv"
@@ -46,6 +46,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise OutputWriteError(
+            f"cannot write {path} ({_reason(exc)}); its previous version is intact: "
+            "free disk space or choose another out_root, then run the same command to resume"
+        ) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -97,11 +103,15 @@ def ensure_writable(run_dir: Path) -> None:
         probe.write_bytes(b"ok")
         probe.unlink()
     except OSError as exc:
-        reason = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        reason = _reason(exc)
         raise RunDirError(
             f"cannot write to output directory {run_dir} ({reason}); "
             "choose another with out_root=DIR or hydra.run.dir=DIR"
         ) from exc
+
+
+def _reason(exc: OSError) -> str:
+    return "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
 
 
 @contextmanager

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
+import pytest
+
 from capsroute import rundir
+from capsroute.errors import OutputWriteError
 
 
 def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path: Path) -> None:
@@ -24,3 +28,19 @@ def test_csv_keeps_full_float_precision_and_blanks_for_none(tmp_path: Path) -> N
     target = tmp_path / "rows.csv"
     rundir.write_csv(target, [{"a": 1 / 3, "b": None}], ["a", "b"])
     assert target.read_text() == f"a,b\n{1 / 3!r},\n"
+
+
+def test_disk_full_keeps_the_previous_file_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "summary.json"
+    rundir.write_json(target, {"status": "running"})
+
+    def disk_full(_fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "fsync", disk_full)
+    with pytest.raises(OutputWriteError, match=r"cannot write .*summary.json \(disk full\)"):
+        rundir.write_json(target, {"status": "completed"})
+    assert rundir.read_json(target) == {"status": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
