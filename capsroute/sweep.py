@@ -160,25 +160,67 @@ def build_overrides(request: SweepRequest, name: str) -> list[str]:
     The command contributes the axes (from its options), the layout, the sweeper and the
     launcher; any of those the user also sets as an override is dropped in favour of the
     user's value. Giving both an option and an override for the same axis is an error.
+
+    A preset (`experiment=paper_table1`) may carry its own grid in `hydra.sweeper.params`.
+    Its axes come between the command's fallbacks and the user's choices: an option
+    (`--iters`, `--seeds`, `--datasets`) or an override of the same key replaces the preset's
+    value. The grid is then written out as ordinary overrides (and the sweeper's own copy
+    cleared), so planning, the run-directory layout and the multirun all see one grid.
     """
     user = parse_overrides(request.overrides)
     user_keys = {override.key_or_group for override in user}
+    preset = preset_params(request)
     defaults: dict[str, str] = {}
     for option, (key, keys) in AXES.items():
         values = option_values(request, option)
         clash = sorted(user_keys & set(keys))
         if values is not None and clash:
             raise ConfigError(f"{option} and the override {clash[0]}=... both set {key}; use one")
-        if values is None and not clash:
+        if values is not None or clash:  # the command's choice replaces the preset's
+            for preset_key in keys:
+                preset.pop(preset_key, None)
+        elif any(preset_key in preset for preset_key in keys):
+            continue
+        else:
             if option == "--iters":
                 raise ConfigError("--iters is required, e.g. --iters 1,3,5")
             values = ["mnist"] if option == "--datasets" else ["0"]
         if values is not None:
             defaults[key] = f"{key}={','.join(values)}"
-    defaults.update(layout_overrides(user, name))
+    preset_lines = [f"{key}={value}" for key, value in preset.items() if key not in user_keys]
+    given = [*preset_lines, *request.overrides]
+    defaults.update(layout_overrides(parse_overrides(given), name))
+    if preset_lines:
+        defaults["hydra.sweeper.params"] = "hydra.sweeper.params=null"
     defaults.update(launcher_overrides(request, user_keys))
     defaults = {key: line for key, line in defaults.items() if key not in user_keys}
-    return [*defaults.values(), *request.overrides]
+    return [*defaults.values(), *given]
+
+
+def preset_params(request: SweepRequest) -> dict[str, str]:
+    """The grid a preset sets in `hydra.sweeper.params`, key -> Hydra value (`"1,3"`).
+
+    Read from the config the user's fixed task overrides compose (sweeps are left out: a
+    swept preset cannot name one grid; Hydra's own keys are left out: they need the launcher
+    the command picks later). Empty when no preset (or config) sets a grid.
+    """
+    fixed = [
+        o.input_line
+        for o in parse_overrides(request.overrides)
+        if not (o.is_sweep_override() or o.is_hydra_override())
+    ]
+    cfg = hydra_app.compose_config(fixed, request.config_dir, with_hydra=True)
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    if not params:
+        return {}
+    return {str(key): _hydra_value(value) for key, value in params.items()}
+
+
+def _hydra_value(value: Any) -> str:
+    """A YAML scalar as Hydra override syntax (`False` -> `false`; strings pass through)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def option_values(request: SweepRequest, option: str) -> list[str] | None:
@@ -436,7 +478,7 @@ def config_conflict(summary: dict[str, Any], cfg: DictConfig) -> str:
     Keys that may change between attempts (epochs, device, paths, ...) are ignored, as in
     `train.check_resumable`; anything else means another sweep used this name.
     """
-    from capsroute.config import config_to_dict
+    from capsroute.config import config_to_dict, with_added_keys
     from capsroute.train import RESUMABLE_KEYS
 
     saved = summary.get("config")
@@ -444,7 +486,7 @@ def config_conflict(summary: dict[str, Any], cfg: DictConfig) -> str:
         return ""
     changed = [
         f"{key}: {old!r} -> {new!r}"
-        for key, old, new in _diff(saved, config_to_dict(to_config(cfg)))
+        for key, old, new in _diff(with_added_keys(saved), config_to_dict(to_config(cfg)))
         if key not in RESUMABLE_KEYS
     ]
     if not changed:
@@ -480,7 +522,9 @@ def run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
         return STATE_LOCKED, f"in use by {holder}"
     summary = read_summary(run_dir)
     done = int(summary.get("epochs_completed") or 0)
-    if summary.get("status") == rundir.STATUS_COMPLETED and done >= epochs:
+    if summary.get("status") == rundir.STATUS_COMPLETED and (
+        done >= epochs or summary.get("stopped_early")
+    ):
         return STATE_DONE, ""
     if (run_dir / rundir.CHECKPOINT_FILE).exists():
         return STATE_RESUME, f"from epoch {done}/{epochs}" if summary else "from checkpoint"
