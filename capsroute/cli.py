@@ -197,6 +197,49 @@ def report(
     print_report(made, Console())
 
 
+@cli.command(context_settings=EXTRA_ARGS)
+def bench(
+    ctx: typer.Context,
+    iters: Annotated[
+        str, typer.Option("--iters", help="Routing iterations, e.g. 1,3,5.")
+    ] = "1,3,5",
+    batch_size: Annotated[str, typer.Option("--batch-size", help="e.g. 32,128.")] = "32,128",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    precision: Annotated[str, typer.Option("--precision", help="fp32,bf16,fp16.")] = "fp32,bf16",
+    steps: Annotated[int, typer.Option("--steps", help="Timed steps (median).")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 2,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the rows here.")] = None,
+    config_dir: ConfigDir = None,
+) -> None:
+    """Time the real train step and inference: ms/step, img/s, peak memory, share of ceiling.
+
+    Extra `key=value` overrides change the model or training config (e.g. train.compile=true).
+    Synthetic images: no dataset files are needed.
+    """
+    from capsroute.bench import parse_ints, parse_precisions, results_table, run_bench, write_json
+
+    overrides = [*_split_overrides(ctx.args), f"device={device}"]
+    config = to_config(hydra_app.compose_config(overrides, config_dir))
+    console = Console(width=None if sys.stdout.isatty() else 150)  # the table is wide
+    with exit_on_error():
+        rows = run_bench(
+            config,
+            parse_ints(iters, "--iters"),
+            parse_ints(batch_size, "--batch-size"),
+            parse_precisions(precision),
+            steps=steps,
+            warmup=warmup,
+            progress=lambda row: console.log(
+                f"{row.mode} r={row.iters} batch={row.batch_size} {row.precision}: "
+                f"{row.ms_per_step:.1f} ms/step"
+            ),
+        )
+        console.print(results_table(rows))
+        if json_path is not None:
+            write_json(rows, json_path)
+            console.print(f"wrote {json_path}")
+
+
 @data_cli.command("download")
 def data_download(
     dataset: Annotated[str, typer.Option(help="Comma-separated: mnist,cifar10")] = "mnist,cifar10",

@@ -27,6 +27,23 @@ class EvalResult:
 
 
 @torch.no_grad()
+def classify(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    device: torch.device,
+    precision: str = "fp32",
+    iterations: int | None = None,
+) -> torch.Tensor:
+    """Class scores (B, K), the capsule lengths, for images (B, C, H, W): the inference path.
+
+    No gradients and no decoder (the reconstruction is only needed for the loss), so this is
+    what prediction costs; `capsroute bench` times it as the `eval` mode.
+    """
+    with autocast(device, precision):
+        return model(images, iterations=iterations, reconstruct=False).lengths
+
+
+@torch.no_grad()
 def evaluate(
     model: CapsNet,
     data: ImageTensors,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,63 @@ from capsroute.routing import RoutingResult, dynamic_routing, squash
 def conv_output_size(size: int, kernel: int, stride: int = 1) -> int:
     """Spatial size after a 'valid' (unpadded) convolution."""
     return (size - kernel) // stride + 1
+
+
+class _ConvDilatedWeightGrad(torch.autograd.Function):
+    """A bias-ful, unpadded, strided conv2d whose weight gradient is a dilated convolution.
+
+    ∂L/∂W[o, c, p, q] = sum_{b, y, x} g[b, o, y, x] x[b, c, s y + p, s x + q] is itself a
+    convolution of the input (channels and batch swapped) with the output gradient as kernel,
+    dilated by the stride s. oneDNN runs that form ~2x faster on the CPU than its own weight
+    backward for the 9x9 stride-2 PrimaryCaps conv, which is most of the CapsNet's FLOPs. The
+    input gradient is ATen's own. Same values up to float summation order.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, stride: int
+    ) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.has_bias = stride, bias is not None
+        return nn.functional.conv2d(x, weight, bias, stride=stride)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_out: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, None]:
+        x, weight = ctx.saved_tensors  # (B, C, H, W), (O, C, k, k)
+        stride, kernel = ctx.stride, weight.shape[-1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad_out, x, weight, None, [stride] * 2, [0, 0], [1, 1], False, [0, 0], 1,
+                [True, False, False],
+            )[0]  # fmt: skip
+        if ctx.needs_input_grad[1]:
+            used_h = (grad_out.shape[2] - 1) * stride + kernel  # rows the conv reads
+            used_w = (grad_out.shape[3] - 1) * stride + kernel
+            grad_w = nn.functional.conv2d(
+                x[:, :, :used_h, :used_w].transpose(0, 1),  # (C, B, h, w)
+                grad_out.transpose(0, 1),  # (O, B, H', W') as the kernel
+                dilation=stride,
+            )  # (C, O, k, k)
+            grad_w = grad_w.transpose(0, 1).contiguous()  # (O, C, k, k)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad_out.sum(dim=(0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+def conv2d_fast_weight_grad(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """`conv2d(x, weight, bias, stride)` (no padding) with the dilated-conv weight gradient."""
+    return _ConvDilatedWeightGrad.apply(x, weight, bias, stride)
+
+
+def _use_fast_weight_grad(x: Tensor) -> bool:
+    """The dilated-conv weight gradient pays off for float32 on the CPU (oneDNN); CUDA's cuDNN
+    and autocast's bf16/fp16 convolutions keep PyTorch's own backward."""
+    return (
+        x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    )
 
 
 class PrimaryCaps(nn.Module):
@@ -35,8 +93,16 @@ class PrimaryCaps(nn.Module):
         self.types, self.dim = types, dim
         self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=kernel, stride=stride)
 
+    def convolve(self, x: Tensor) -> Tensor:
+        """The convolution alone, (B, C_in, H, W) -> (B, types * dim, H', W'): the CapsNet's
+        dominant cost, timed on its own by `capsroute bench` as the machine's ceiling."""
+        conv = self.conv
+        if _use_fast_weight_grad(x) and conv.weight.requires_grad and torch.is_grad_enabled():
+            return conv2d_fast_weight_grad(x, conv.weight, conv.bias, conv.stride[0])
+        return conv(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        out = self.conv(x)  # (B, types * dim, H', W')
+        out = self.convolve(x)  # (B, types * dim, H', W')
         batch, _, height, width = out.shape
         out = out.view(batch, self.types, self.dim, height, width)
         out = out.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.dim)  # (B, N_in, dim)
@@ -80,6 +146,12 @@ class DigitCaps(nn.Module):
         self, u: Tensor, iterations: int | None = None, diagnostics: bool = False
     ) -> RoutingResult:
         r = self.routing.iterations if iterations is None else iterations
+        if u.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU batched mat-vecs are slower in bf16 than in fp32 (memory-bound either way,
+            # no bf16 kernel for them): predict and route in fp32 under CPU autocast.
+            with torch.autocast("cpu", enabled=False):
+                u_hat = self.predictions(u.float())  # (B, N_in, N_out, out_dim) fp32
+                return dynamic_routing(u_hat, r, self.routing.grad, diagnostics, bias=self.bias)
         return dynamic_routing(
             self.predictions(u), r, self.routing.grad, diagnostics, bias=self.bias
         )

@@ -16,7 +16,7 @@ import os
 import platform
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import capsroute
 from capsroute import rundir
 from capsroute.checkpoint import load_checkpoint, save_checkpoint
-from capsroute.config import Config, config_to_dict
+from capsroute.config import Config, ModelConfig, config_to_dict
 from capsroute.data import (
     DATASET_INFO,
     Splits,
@@ -39,11 +39,17 @@ from capsroute.data import (
     num_batches,
     train_batches,
 )
-from capsroute.device import autocast, device_description, grad_scaler, resolve_device
+from capsroute.device import (
+    autocast,
+    device_description,
+    grad_scaler,
+    keep_cpu_memory_mapped,
+    resolve_device,
+)
 from capsroute.errors import CapsrouteError, CheckpointError, one_line
 from capsroute.evaluation import EvalResult, evaluate
-from capsroute.losses import capsule_loss
-from capsroute.model import CapsNet
+from capsroute.losses import LossParts, capsule_loss
+from capsroute.model import CapsNet, CapsNetOutput
 
 log = logging.getLogger("capsroute")
 
@@ -177,6 +183,8 @@ def setup_torch(config: Config) -> torch.device:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_cpu_memory_mapped()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.train.deterministic
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -212,6 +220,32 @@ def _diff(old: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]
         yield prefix.rstrip("."), old, new
 
 
+def train_step(
+    step_fn: Callable[..., CapsNetOutput],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    model_cfg: ModelConfig,
+    device: torch.device,
+    precision: str,
+) -> tuple[CapsNetOutput, LossParts]:
+    """One optimisation step: forward (autocast), margin + reconstruction loss, backward, Adam.
+
+    images (B, C, H, W) float in [0, 1] and labels (B,) on `device`. The same code runs in
+    `run_epoch` and in `capsroute bench`, so the benchmark times exactly what training does.
+    Nothing here reads a value back to the host: on CUDA the step never waits for the GPU.
+    """
+    with autocast(device, precision):
+        out = step_fn(images, labels)
+        parts = capsule_loss(out.lengths, out.reconstruction, images, labels, model_cfg)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(parts.total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return out, parts
+
+
 def run_epoch(
     config: Config,
     epoch: int,
@@ -238,13 +272,9 @@ def run_epoch(
         for images, labels in train_batches(
             splits.train, dataset, train.batch_size, generator, device
         ):
-            with autocast(device, train.precision):
-                out = step_fn(images, labels)
-                parts = capsule_loss(out.lengths, out.reconstruction, images, labels, config.model)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(parts.total).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            out, parts = train_step(
+                step_fn, optimizer, scaler, images, labels, config.model, device, train.precision
+            )
             schedule.step()
             state.step += 1
             n = labels.shape[0]
