@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from capsroute.config import ModelConfig
 from capsroute.losses import LossParts
 
 PAPER_CHANNELS = (256, 256, 128)
@@ -35,7 +36,7 @@ class BaselineOutput:
     reconstruction: None = None
     routing: None = None
 
-    def loss(self, images: Tensor, labels: Tensor, *_: object) -> LossParts:
+    def loss(self, images: Tensor, labels: Tensor, cfg: ModelConfig | None = None) -> LossParts:
         """Softmax cross-entropy averaged over the batch (images are unused: no decoder).
 
         Reported as both `total` and `margin` (the classification part), so the metrics

@@ -240,6 +240,31 @@ def bench(
             console.print(f"wrote {json_path}")
 
 
+@cli.command()
+def viz(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with checkpoint.pt.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder (default: RUN_DIR/viz).")
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", help="Where the data are now (default: the run's own)."),
+    ] = None,
+    examples: Annotated[
+        int, typer.Option("--examples", help="Correct and wrong test images shown, each.")
+    ] = 8,
+) -> None:
+    """The paper's pictures of a trained CapsNet: reconstructions, the 16 capsule dimensions
+    perturbed (Fig. 4), and the coupling coefficients after each routing iteration."""
+    from capsroute.viz import make_figures
+
+    if examples < 1:
+        raise ConfigError(f"--examples must be >= 1, got {examples}")
+    with exit_on_error():
+        for path in make_figures(run_dir, out, data_root, examples):
+            typer.echo(f"wrote {path}")
+
+
 @data_cli.command("download")
 def data_download(
     dataset: Annotated[str, typer.Option(help="Comma-separated: mnist,cifar10")] = "mnist,cifar10",

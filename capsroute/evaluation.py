@@ -9,7 +9,6 @@ import torch
 from capsroute.config import DatasetConfig, ModelConfig
 from capsroute.data import ImageTensors, eval_batches
 from capsroute.device import autocast
-from capsroute.losses import capsule_loss
 from capsroute.model import CapsNet
 
 
@@ -40,7 +39,7 @@ def classify(
     what prediction costs; `capsroute bench` times it as the `eval` mode.
     """
     with autocast(device, precision):
-        return model(images, iterations=iterations, reconstruct=False).lengths
+        return model(images, iterations=iterations, reconstruct=False).scores
 
 
 @torch.no_grad()
@@ -61,18 +60,20 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    r = iterations or model.digit.routing.iterations
+    routed = isinstance(model, CapsNet)  # networks without routing have no diagnostics
+    r = iterations or (model.digit.routing.iterations if routed else 1)
+    diagnostics = diagnostics and routed
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, loss, margin, recon
     stats = torch.zeros(3, r, dtype=torch.float64, device=device)  # delta_b, entropy, max_c
     for images, labels in eval_batches(data, dataset, batch_size, device):
         with autocast(device, precision):
             out = model(images, labels, iterations=r, diagnostics=diagnostics)
-            parts = capsule_loss(out.lengths, out.reconstruction, images, labels, model_cfg)
+            parts = out.loss(images, labels, model_cfg)
         n = labels.shape[0]
         recon = parts.reconstruction if parts.reconstruction is not None else parts.margin * 0
         totals += torch.stack(
             [
-                (out.lengths.argmax(dim=1) == labels).sum().double(),
+                (out.scores.argmax(dim=1) == labels).sum().double(),
                 parts.total.double() * n,
                 parts.margin.double() * n,
                 recon.double() * n,

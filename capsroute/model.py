@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from capsroute.config import ModelConfig, RoutingConfig
+from capsroute.losses import LossParts, capsule_loss
 from capsroute.routing import RoutingResult, dynamic_routing, squash
 
 
@@ -188,6 +189,16 @@ class CapsNetOutput:
     capsules: Tensor
     reconstruction: Tensor | None
     routing: RoutingResult
+
+    @property
+    def scores(self) -> Tensor:
+        """Class scores (B, K), argmax = prediction: the capsule lengths. Every network's
+        output has `scores` and `loss`, so training and evaluation need no per-model code."""
+        return self.lengths
+
+    def loss(self, images: Tensor, labels: Tensor, cfg: ModelConfig) -> LossParts:
+        """The CapsNet objective: margin loss + recon_weight x reconstruction loss."""
+        return capsule_loss(self.lengths, self.reconstruction, images, labels, cfg)
 
 
 class CapsNet(nn.Module):

@@ -13,6 +13,7 @@ from capsroute import viz
 from capsroute.app import load_config
 from capsroute.errors import RunDirError
 from capsroute.train import train_run
+from tests.test_cli import assert_one_line_error, run_cli
 
 
 def tiny_run(tmp_path: Path, overrides: list[str], *extra: str) -> Path:
@@ -62,3 +63,5 @@ def test_a_run_without_decoder_gets_the_coupling_figure_only(
 def test_a_folder_without_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match=r"no checkpoint\.pt"):
         viz.make_figures(tmp_path)
+    result = run_cli("viz", str(tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, 2, "has no checkpoint.pt: train the run first")
