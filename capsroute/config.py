@@ -140,6 +140,8 @@ class TrainConfig:
     deterministic: bool = True
     progress: bool = True  # rich progress bar on a terminal, log lines elsewhere
     threads: int | None = None  # torch CPU threads; default: torch's own choice
+    # a NaN/Inf loss: "fail" stops the run (last good checkpoint kept), "skip" drops the step
+    nonfinite: str = "fail"
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -151,6 +153,10 @@ class TrainConfig:
         _require(
             0 < self.lr_decay_rate <= 1,
             f"train.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}",
+        )
+        _require(
+            self.nonfinite in ("fail", "skip"),
+            f"train.nonfinite must be fail or skip, got '{self.nonfinite}'",
         )
         _require(
             self.precision in PRECISIONS,

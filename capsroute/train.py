@@ -108,6 +108,7 @@ class TrainState:
     metrics: list[dict[str, Any]]
     routing: list[dict[str, Any]]
     wall_seconds: float
+    skipped_steps: int = 0  # steps whose loss was not finite (train.nonfinite=skip)
 
 
 def train_run(config: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
@@ -162,15 +163,15 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
                 write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
                 log.info(epoch_line(row, config.train.epochs))
     except InterruptedRunError as exc:
-        write_summary(summary, state, rundir.STATUS_INTERRUPTED, run_dir, error=str(exc))
+        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
         raise
     except KeyboardInterrupt as exc:
-        write_summary(summary, state, rundir.STATUS_INTERRUPTED, run_dir, error="interrupted")
+        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")
         raise InterruptedRunError(
             f"interrupted after epoch {state.epoch}; run the same command to resume"
         ) from exc
     except Exception as exc:
-        write_summary(summary, state, rundir.STATUS_FAILED, run_dir, error=one_line(exc))
+        record_stop(summary, state, rundir.STATUS_FAILED, run_dir, one_line(exc))
         raise
     return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
 
@@ -229,17 +230,21 @@ def train_step(
     model_cfg: ModelConfig,
     device: torch.device,
     precision: str,
+    skip_nonfinite: bool = False,
 ) -> tuple[CapsNetOutput, LossParts]:
     """One optimisation step: forward (autocast), margin + reconstruction loss, backward, Adam.
 
     images (B, C, H, W) float in [0, 1] and labels (B,) on `device`. The same code runs in
     `run_epoch` and in `capsroute bench`, so the benchmark times exactly what training does.
-    Nothing here reads a value back to the host: on CUDA the step never waits for the GPU.
+    Nothing here reads a value back to the host: on CUDA the step never waits for the GPU,
+    except with `skip_nonfinite`, which must look at the loss before updating the weights.
     """
     with autocast(device, precision):
         out = step_fn(images, labels)
         parts = capsule_loss(out.lengths, out.reconstruction, images, labels, model_cfg)
     optimizer.zero_grad(set_to_none=True)
+    if skip_nonfinite and not bool(torch.isfinite(parts.total)):
+        return out, parts
     scaler.scale(parts.total).backward()
     scaler.step(optimizer)
     scaler.update()
@@ -265,6 +270,8 @@ def run_epoch(
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, margin, recon, correct
     batches = num_batches(len(splits.train), train.batch_size)
     lr = optimizer.param_groups[0]["lr"]
+    skip = train.nonfinite == "skip"
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # stays on the device
     model.train()
     seen = 0
     started = time.perf_counter()
@@ -273,10 +280,24 @@ def run_epoch(
             splits.train, dataset, train.batch_size, generator, device
         ):
             out, parts = train_step(
-                step_fn, optimizer, scaler, images, labels, config.model, device, train.precision
+                step_fn,
+                optimizer,
+                scaler,
+                images,
+                labels,
+                config.model,
+                device,
+                train.precision,
+                skip_nonfinite=skip,
             )
             schedule.step()
             state.step += 1
+            if skip and not bool(torch.isfinite(parts.total)):
+                state.skipped_steps += 1
+                log.warning("non-finite loss at step %d skipped (train.nonfinite=skip)", state.step)
+                continue
+            bad = ~torch.isfinite(parts.total) & (first_bad_step < 0)
+            first_bad_step = torch.where(bad, state.step, first_bad_step)
             n = labels.shape[0]
             recon = parts.reconstruction if parts.reconstruction is not None else parts.margin * 0
             totals += torch.stack(
@@ -290,11 +311,12 @@ def run_epoch(
             seen += n
             advance(totals[0] / seen, state.step)
     train_seconds = time.perf_counter() - started
-    loss, margin, recon, correct = (totals / len(splits.train)).tolist()
+    loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
     if not math.isfinite(loss):
         raise NonFiniteLossError(
-            f"training loss became {loss} in epoch {epoch} (by step {state.step}); the last good "
-            "checkpoint is kept: lower train.lr or use train.precision=fp32"
+            f"training loss became {loss} in epoch {epoch} at step {int(first_bad_step)}; the "
+            "last good checkpoint is kept: lower train.lr, use train.precision=fp32, or skip "
+            "such steps with train.nonfinite=skip"
         )
     eval_started = time.perf_counter()
     eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
@@ -460,6 +482,7 @@ def write_summary(
     """Fill the numbers from `state` into `summary` and write `summary.json` atomically."""
     summary.update(status=status, updated_at=_now(), epochs_completed=state.epoch)
     summary["wall_seconds"] = state.wall_seconds
+    summary["skipped_steps"] = state.skipped_steps
     summary["error"] = error
     if state.metrics:
         last = state.metrics[-1]
@@ -473,6 +496,17 @@ def write_summary(
         )
     rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
     return summary
+
+
+def record_stop(
+    summary: dict[str, Any], state: TrainState, status: str, run_dir: Path, error: str
+) -> None:
+    """Mark the run interrupted or failed, without masking the original error if even that
+    write fails (e.g. on a full disk)."""
+    try:
+        write_summary(summary, state, status, run_dir, error=error)
+    except (OSError, CapsrouteError) as exc:
+        log.error("could not record status %s in %s: %s", status, run_dir, one_line(exc))
 
 
 def finish_summary(

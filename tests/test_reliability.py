@@ -162,3 +162,47 @@ def test_entry_point_is_importable_as_module() -> None:
         [sys.executable, "-m", "capsroute", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "train" in result.stdout
+
+
+def poison_step(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> None:
+    """Feed NaN images into the real training step number `bad_step` (1-based)."""
+    import capsroute.train as train_module
+
+    real_step = train_module.train_step
+    calls = {"n": 0}
+
+    def step(step_fn, optimizer, scaler, images, labels, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == bad_step:
+            images = images * float("nan")
+        return real_step(step_fn, optimizer, scaler, images, labels, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", step)
+
+
+def test_nonfinite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from capsroute.train import NonFiniteLossError
+
+    run = tmp_path / "run"
+    poison_step(monkeypatch, bad_step=6)  # 4 steps per epoch: the 2nd step of epoch 2
+    with pytest.raises(NonFiniteLossError, match="in epoch 2 at step 6"):
+        train_run(load_config(tiny_overrides), run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "epoch 2 at step 6" in summary["error"]
+    assert summary["epochs_completed"] == 1
+    assert len(rows(run / "metrics.csv")) == 1
+    from capsroute.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "checkpoint.pt")["state"]["epoch"] == 1
+
+
+def test_nonfinite_loss_can_skip_the_step(
+    tmp_path: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    poison_step(monkeypatch, bad_step=2)
+    summary = train_run(load_config([*tiny_overrides, "train.nonfinite=skip"]), tmp_path / "r")
+    assert summary["status"] == "completed" and summary["skipped_steps"] == 1
+    losses = [float(row["train_loss"]) for row in rows(tmp_path / "r" / "metrics.csv")]
+    assert all(loss == loss for loss in losses)  # no NaN reached the weights or the metrics
