@@ -4,6 +4,11 @@ For every example, lower capsule i and parent capsule j, the logits b_ij start a
 
     c_i = softmax_j(b_i);  s_j = sum_i c_ij û_j|i;  v_j = squash(s_j);  b_ij += û_j|i · v_j
 
+The routing controls of `routing.mode` are this same function with r = 1: `uniform` is exactly
+Procedure 1 with one iteration (every c_ij = 1/N_out), and `random` starts from given random
+logits instead of 0 (`init_logits`, constants), so c_i = softmax_j(random b_i) and no agreement
+step follows.
+
 The work is dominated by passes over the prediction tensor û (B, N_in, N_out, D), which is large
 (B x 1152 x 10 x 16 for MNIST). The routing therefore runs as one autograd function that holds û
 in the layout (B, N_out, N_in, D), so that every reduction over i is a batched matrix-vector
@@ -23,6 +28,7 @@ import torch
 from torch import Tensor
 
 SQUASH_EPS = 1e-12
+POLARISED = 0.9  # a lower capsule is "polarised" when its strongest coupling exceeds this
 
 
 def squash(s: Tensor, dim: int = -1) -> Tensor:
@@ -42,10 +48,13 @@ class RoutingResult:
 
     v: parent capsules after the last iteration, (B, N_out, D).
     c: coupling coefficients used for that final v, (B, N_in, N_out).
-    delta_b, entropy, max_c: per-iteration diagnostics, each (r,), or None when not requested:
-        mean |Δb_ij| added by iteration k (the paper's appendix figure), mean entropy of c_i
-        (nats) and mean max_j c_ij of the coefficients used in iteration k, averaged over the
-        batch and all (i, j) or i.
+    delta_b, entropy, max_c, polarised: per-iteration diagnostics, each (r,), or None when not
+        requested: mean |Δb_ij| added by iteration k (the paper's appendix figure), mean entropy
+        of c_i (nats), mean max_j c_ij, and the fraction of lower capsules i with
+        max_j c_ij > 0.9 (`POLARISED`), of the coefficients used in iteration k, averaged over
+        the batch and all (i, j) or i.
+    lengths: |v_j| after every iteration, (r, B, N_out), or None when not requested; the
+        class a network would predict had it stopped routing after iteration k.
     """
 
     v: Tensor
@@ -53,6 +62,8 @@ class RoutingResult:
     delta_b: Tensor | None = None
     entropy: Tensor | None = None
     max_c: Tensor | None = None
+    polarised: Tensor | None = None
+    lengths: Tensor | None = None
 
 
 def dynamic_routing(
@@ -61,6 +72,7 @@ def dynamic_routing(
     grad: str = "all",
     diagnostics: bool = True,
     bias: Tensor | None = None,
+    init_logits: Tensor | None = None,
 ) -> RoutingResult:
     """Route predictions û (B, N_in, N_out, D) to parents with r = `iterations` (Procedure 1).
 
@@ -71,6 +83,9 @@ def dynamic_routing(
     Any strides are accepted; û already laid out as a transposed (B, N_out, N_in, D) tensor
     avoids a copy. `bias` (N_out, D), if given, is added to every s_j (the official code's
     digit-capsule bias; Procedure 1 has none).
+    `init_logits` (B, N_in, N_out), if given, replaces the zeros b_ij starts from; it is a
+    constant (no gradient flows into it). `routing.mode=random` passes random logits with
+    r = 1.
     """
     if iterations < 1:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
@@ -79,8 +94,11 @@ def dynamic_routing(
     u_t = u_hat.transpose(1, 2).contiguous()  # (B, N_out, N_in, D)
     if bias is None:
         bias = u_hat.new_zeros((), dtype=_accumulation_dtype(u_hat))
-    v, c_t, delta_b, entropy, max_c = _Routing.apply(
-        u_t, bias, iterations, grad == "all", diagnostics
+    init_t = None  # (B, N_out, N_in), the layout the routing runs in
+    if init_logits is not None:
+        init_t = init_logits.detach().transpose(1, 2).to(_accumulation_dtype(u_hat)).contiguous()
+    v, c_t, delta_b, entropy, max_c, polarised, lengths = _Routing.apply(
+        u_t, bias, iterations, grad == "all", diagnostics, init_t
     )
     return RoutingResult(
         v=v,
@@ -88,6 +106,8 @@ def dynamic_routing(
         delta_b=delta_b if diagnostics else None,
         entropy=entropy if diagnostics else None,
         max_c=max_c if diagnostics else None,
+        polarised=polarised if diagnostics else None,
+        lengths=lengths if diagnostics else None,
     )
 
 
@@ -112,10 +132,12 @@ def _agreement(u: Tensor, vectors: Tensor) -> Tensor:
     return product.to(_accumulation_dtype(u))
 
 
-def _coupling_stats(c: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean entropy over parents and mean max coupling of c (B, J, I), both scalars."""
+def _coupling_stats(c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Mean entropy over parents, mean max coupling, and the fraction of lower capsules whose
+    max coupling exceeds `POLARISED`, of c (B, J, I); all scalars."""
     entropy = -(c * torch.log(c.clamp_min(1e-30))).sum(dim=1).mean()
-    return entropy, c.amax(dim=1).mean()
+    strongest = c.amax(dim=1)  # (B, I)
+    return entropy, strongest.mean(), (strongest > POLARISED).to(c.dtype).mean()
 
 
 class _Routing(torch.autograd.Function):
@@ -127,17 +149,27 @@ class _Routing(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, u: Tensor, bias: Tensor, iterations: int, through_all: bool, diagnostics: bool
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        ctx: Any,
+        u: Tensor,
+        bias: Tensor,
+        iterations: int,
+        through_all: bool,
+        diagnostics: bool,
+        init_logits: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         with torch.autocast(u.device.type, enabled=False):
             batch, n_out, n_in, _ = u.shape
             acc_dtype = _accumulation_dtype(u)
-            logits = u.new_zeros((batch, n_out, n_in), dtype=acc_dtype)  # b_ij
+            logits = (  # b_ij, (B, J, I): 0 (Procedure 1) or given constants
+                u.new_zeros((batch, n_out, n_in), dtype=acc_dtype)
+                if init_logits is None
+                else init_logits
+            )
             couplings: list[Tensor] = []
             pre_squash: list[Tensor] = []
             outputs: list[Tensor] = []
-            delta_b, entropy, max_c = (
-                torch.zeros(iterations, dtype=acc_dtype, device=u.device) for _ in range(3)
+            delta_b, entropy, max_c, polarised = (
+                torch.zeros(iterations, dtype=acc_dtype, device=u.device) for _ in range(4)
             )
             for k in range(iterations):
                 c = torch.softmax(logits, dim=1)  # over parents j, (B, J, I)
@@ -151,7 +183,7 @@ class _Routing(torch.autograd.Function):
                     update = _agreement(u, v)  # û_j|i · v_j, (B, J, I)
                     if diagnostics:
                         delta_b[k] = update.abs().mean()
-                        entropy[k], max_c[k] = _coupling_stats(c)
+                        entropy[k], max_c[k], polarised[k] = _coupling_stats(c)
                     if not last:
                         logits = logits + update
         ctx.through_all = through_all
@@ -159,13 +191,19 @@ class _Routing(torch.autograd.Function):
         ctx.save_for_backward(u, *couplings, *pre_squash, *outputs)
         ctx.iterations = iterations
         c_final = couplings[-1]
-        ctx.mark_non_differentiable(c_final, delta_b, entropy, max_c)
-        return v.to(u.dtype), c_final, delta_b, entropy, max_c
+        # |v_j| after each iteration, (r, B, J): which class each iteration would predict
+        lengths = (
+            torch.stack([out.norm(dim=-1) for out in outputs])
+            if diagnostics
+            else u.new_zeros((), dtype=acc_dtype)
+        )
+        ctx.mark_non_differentiable(c_final, delta_b, entropy, max_c, polarised, lengths)
+        return v.to(u.dtype), c_final, delta_b, entropy, max_c, polarised, lengths
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, grad_v: Tensor, *_: Any
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
         r = ctx.iterations
         u, *rest = ctx.saved_tensors
         couplings, pre_squash, outputs = rest[:r], rest[r : 2 * r], rest[2 * r :]
@@ -187,7 +225,7 @@ class _Routing(torch.autograd.Function):
                 grad_bias = grad_bias + grad_s.sum(dim=0)
                 coefficients.append(couplings[k])
                 vectors.append(grad_s)
-                if k > first:  # c_k = softmax_j(b_{k-1}); b_{-1} = 0 is a constant
+                if k > first:  # c_k = softmax_j(b_{k-1}); b_{-1} (0 or given) is a constant
                     c = couplings[k]
                     grad_c = _agreement(u, grad_s)
                     grad_b = c * (grad_c - (c * grad_c).sum(dim=1, keepdim=True))
@@ -196,8 +234,9 @@ class _Routing(torch.autograd.Function):
             vecs = torch.stack(vectors, dim=2).to(u.dtype)  # (B, J, M, D)
             grad_u = torch.matmul(coeff, vecs)  # (B, J, I, D)
         if ctx.needs_input_grad[1] and len(ctx.bias_shape) > 0:
-            return grad_u, grad_bias.to(ctx.bias_dtype).reshape(ctx.bias_shape), None, None, None
-        return grad_u, None, None, None, None
+            grad_bias = grad_bias.to(ctx.bias_dtype).reshape(ctx.bias_shape)
+            return grad_u, grad_bias, None, None, None, None
+        return grad_u, None, None, None, None, None
 
 
 def _squash_backward(s: Tensor, grad_v: Tensor) -> Tensor:
