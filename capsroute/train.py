@@ -48,7 +48,7 @@ from capsroute.device import (
 )
 from capsroute.errors import CapsrouteError, CheckpointError, one_line
 from capsroute.evaluation import EvalResult, evaluate
-from capsroute.losses import LossParts, capsule_loss
+from capsroute.losses import LossParts
 from capsroute.model import CapsNet, CapsNetOutput
 
 log = logging.getLogger("capsroute")
@@ -241,7 +241,7 @@ def train_step(
     """
     with autocast(device, precision):
         out = step_fn(images, labels)
-        parts = capsule_loss(out.lengths, out.reconstruction, images, labels, model_cfg)
+        parts = out.loss(images, labels, model_cfg)
     optimizer.zero_grad(set_to_none=True)
     if skip_nonfinite and not bool(torch.isfinite(parts.total)):
         return out, parts
@@ -305,7 +305,7 @@ def run_epoch(
                     parts.total.detach().double() * n,
                     parts.margin.detach().double() * n,
                     recon.detach().double() * n,
-                    (out.lengths.argmax(dim=1) == labels).sum().double(),
+                    (out.scores.argmax(dim=1) == labels).sum().double(),
                 ]
             )
             seen += n
