@@ -6,12 +6,15 @@ import io
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from capsroute.errors import CheckpointError
-from capsroute.rundir import atomic_write_bytes
+from capsroute.rundir import CHECKPOINT_FILE, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from capsroute.config import Config
 
 FORMAT_VERSION = 1
 
@@ -44,3 +47,27 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:120] if text else type(exc).__name__
+
+
+def load_trained(run_dir: Path, data_root: Path | None = None) -> tuple[Config, torch.nn.Module]:
+    """The config and the network (eval mode, CPU) saved in `run_dir/checkpoint.pt`.
+
+    The config is the one stored with the weights; `data_root` replaces its `dataset.root`
+    (runs move between machines). Used by `capsroute viz` and the ensemble evaluation.
+    """
+    from capsroute.config import to_config
+    from capsroute.errors import RunDirError
+    from capsroute.train import build_model  # the training loop imports this module
+
+    path = Path(run_dir) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} has no {CHECKPOINT_FILE}: train the run first")
+    state = load_checkpoint(path)
+    saved: dict[str, Any] = dict(state["config"])
+    if data_root is not None:
+        saved["dataset"] = {**saved["dataset"], "root": str(data_root)}
+    config = to_config(saved)
+    model = build_model(config)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return config, model

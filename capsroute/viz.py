@@ -15,6 +15,7 @@ backend: no display needed. Figures are written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,12 +32,12 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from capsroute.checkpoint import load_checkpoint
-from capsroute.config import Config, to_config
+from capsroute.checkpoint import load_trained
+from capsroute.config import Config
 from capsroute.data import eval_batches, make_splits
-from capsroute.errors import ConfigError, RunDirError
+from capsroute.errors import ConfigError
 from capsroute.model import CapsNet
-from capsroute.rundir import CHECKPOINT_FILE, atomic_write_bytes
+from capsroute.rundir import atomic_write_bytes
 
 DPI = 110
 PERTURBATIONS = tuple(round(-0.25 + 0.05 * k, 2) for k in range(11))  # -0.25, -0.20, ..., 0.25
@@ -67,26 +68,15 @@ def load_run(run_dir: Path, data_root: Path | None = None, max_images: int = 200
 
     `data_root` replaces the saved `dataset.root` (runs move between machines).
     """
-    from capsroute.train import build_model
-
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} has no {CHECKPOINT_FILE}: train the run first")
-    state = load_checkpoint(path)
-    saved: dict[str, Any] = dict(state["config"])
-    if data_root is not None:
-        saved["dataset"] = {**saved["dataset"], "root": str(data_root)}
-    config = to_config(saved)
-    config.dataset.train_size = config.dataset.train_size or 1  # only the test split is used
-    config.dataset.on_device = False
-    model = build_model(config)
+    config, model = load_trained(Path(run_dir), data_root)
     if not isinstance(model, CapsNet):
         raise ConfigError(f"{run_dir} is not a CapsNet run: viz draws capsules and routing")
-    model.load_state_dict(state["model"])
-    model.eval()
-    test = make_splits(config.dataset, config.seed, torch.device("cpu")).test
+    dataset = dataclasses.replace(
+        config.dataset, train_size=config.dataset.train_size or 1, on_device=False
+    )  # only the test split is used: take a 1-image training subset
+    test = make_splits(dataset, config.seed, torch.device("cpu")).test
     images, labels = next(
-        iter(eval_batches(test, config.dataset, min(max_images, len(test)), torch.device("cpu")))
+        iter(eval_batches(test, dataset, min(max_images, len(test)), torch.device("cpu")))
     )
     return LoadedRun(config, model, images, labels)
 
