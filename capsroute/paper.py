@@ -146,3 +146,46 @@ def _images(train_size: Any) -> str:
     if train_size is None or (isinstance(train_size, float) and math.isnan(train_size)):
         return "all 60000"
     return str(int(train_size))
+
+
+ENSEMBLE_COLUMNS = [
+    "dataset",
+    "models",
+    "test images",
+    "ensemble error % (ours)",
+    "members' error % (mean ± std)",
+    "ensemble error % (paper)",
+]
+
+
+def ensemble_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per saved ensemble (`ensemble.json`, see `capsroute.ensemble`) beside the
+    paper's 7-model CIFAR-10 ensemble (10.6%); the paper column is empty for other datasets."""
+    rows = []
+    for result in results:
+        members = [100 * float(e) for e in result.get("member_errors", [])]
+        dataset = str(result.get("dataset", "?"))
+        rows.append(
+            {
+                "dataset": dataset,
+                "models": len(members),
+                "test images": result.get("images"),
+                "ensemble error % (ours)": f"{100 * float(result['error']):.2f}",
+                "members' error % (mean ± std)": _member_text(members),
+                "ensemble error % (paper)": (
+                    f"{CIFAR10_ENSEMBLE_ERROR:.1f} ({CIFAR10_ENSEMBLE_MODELS} models)"
+                    if dataset == "cifar10"
+                    else "–"
+                ),
+            }
+        )
+    return pd.DataFrame(rows, columns=ENSEMBLE_COLUMNS)
+
+
+def _member_text(errors: Sequence[float]) -> str:
+    if not errors:
+        return "–"
+    value = estimate(list(errors))
+    if value.n < 2 or math.isnan(value.std):
+        return f"{value.mean:.2f} (n=1)"
+    return f"{value.mean:.2f} ± {value.std:.2f}"

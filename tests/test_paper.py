@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from capsroute.paper import TABLE1, TABLE1_COLUMNS, table1
+from capsroute.paper import ENSEMBLE_COLUMNS, TABLE1, TABLE1_COLUMNS, ensemble_table, table1
 
 
 def per_run(rows: list[tuple[str, str, int, int, float]]) -> pd.DataFrame:
@@ -82,3 +82,21 @@ def test_runs_are_matched_by_r_and_reconstruction_and_averaged_over_seeds() -> N
 def test_no_matching_run_gives_an_empty_table(dataset: str) -> None:
     runs = per_run([("a", dataset, 2, 0, 0.01)])
     assert table1(runs, {"a": config(True)}).empty
+
+
+def test_ensemble_rows_sit_beside_the_papers_cifar10_ensemble() -> None:
+    table = ensemble_table(
+        [
+            {"dataset": "cifar10", "images": 1000, "error": 0.2, "member_errors": [0.3, 0.25]},
+            {"dataset": "mnist", "images": 128, "error": 0.5, "member_errors": [0.5]},
+        ]
+    )
+    assert list(table.columns) == ENSEMBLE_COLUMNS
+    cifar, mnist = table.to_dict("records")
+    assert cifar["models"] == 2 and cifar["ensemble error % (ours)"] == "20.00"
+    assert cifar["members' error % (mean ± std)"] == "27.50 ± 3.54"
+    assert cifar["ensemble error % (paper)"] == "10.6 (7 models)"
+    assert (mnist["members' error % (mean ± std)"], mnist["ensemble error % (paper)"]) == (
+        "50.00 (n=1)",
+        "–",
+    )
