@@ -82,7 +82,7 @@ def test_quick_needs_iters_and_keeps_the_cpu_budget(tmp_path: Path) -> None:
     assert cells(sweep) == [("mnist", r, 0, "s0") for r in (1, 3, 5)]
     config = hydra_app.load_config(["experiment=quick"])
     assert (config.dataset.train_size, config.dataset.test_size, config.train.epochs) == (
-        10000,
+        5000,
         2000,
         3,
     )
