@@ -197,6 +197,49 @@ def report(
     print_report(made, Console())
 
 
+@cli.command()
+def evaluate(
+    run_dirs: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Run directories holding checkpoint.pt.", show_default=False),
+    ] = None,
+    iters: Annotated[
+        str, typer.Option("--iters", help="Evaluation r (dynamic routing), e.g. 1,2,3,5,7.")
+    ] = "1,2,3,5,7",
+    split: Annotated[
+        str, typer.Option("--split", help="test | val | train (the fixed train-eval subset).")
+    ] = "test",
+    device: Annotated[
+        str | None, typer.Option("--device", help="Default: the run's own device setting.")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option("--data-root", help="Default: the run's dataset.root.")
+    ] = None,
+) -> None:
+    """Evaluate trained runs at other routing iterations: RUN_DIR/eval_iters.csv.
+
+    Loads each run's checkpoint and config; at the run's own r (and routing mode) the numbers
+    repeat the run's final epoch exactly. `capsroute report` then shows training r x eval r.
+    """
+    from capsroute.evaluate_iters import (
+        evaluate_runs,
+        parse_iters,
+        parse_split,
+        reproduction_line,
+        results_table,
+    )
+
+    console = Console()
+    for result in evaluate_runs(
+        run_dirs or [], parse_iters(iters), parse_split(split), device, data_root
+    ):
+        console.print(results_table(result))
+        line = reproduction_line(result)
+        if line:
+            console.print(line, highlight=False)
+        console.print(f"wrote {result.run_dir / 'eval_iters.csv'}", highlight=False)
+
+
 @cli.command(context_settings=EXTRA_ARGS)
 def bench(
     ctx: typer.Context,

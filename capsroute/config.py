@@ -8,6 +8,7 @@ config is turned into objects by `to_config`; they raise `ConfigError` with one 
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,9 @@ from capsroute.errors import ConfigError
 DATASETS = ("mnist", "cifar10")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ROUTING_GRADS = ("all", "last")
+# dynamic: Procedure 1; uniform: every c_ij = 1/n_out; random: c_i = softmax(random logits / T).
+# The two controls have no agreement step (Paik et al. 2019 compare routing against them).
+ROUTING_MODES = ("dynamic", "uniform", "random")
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -44,6 +48,9 @@ class DatasetConfig:
     train_size: int | None = None  # class-balanced training subset chosen from the seed
     test_size: int | None = None  # class-balanced test subset chosen from the seed
     train_eval_size: int = 10000  # fixed training subset evaluated each epoch, no augmentation
+    # class-balanced validation split held out of the training split (seeded; never trained on):
+    # when set, "best epoch" and early stopping are chosen on it instead of on the test set
+    val_size: int | None = None
     shift: int = 2  # random translation of up to `shift` px with zero padding (the paper's MNIST)
     crop: int | None = None  # random crop size for training, centre crop at test (CIFAR: 24)
     hflip: bool = False
@@ -57,6 +64,7 @@ class DatasetConfig:
         _positive("dataset.train_size", self.train_size)
         _positive("dataset.test_size", self.test_size)
         _positive("dataset.train_eval_size", self.train_eval_size)
+        _positive("dataset.val_size", self.val_size)
         _positive("dataset.crop", self.crop)
         _require(self.shift >= 0, f"dataset.shift must be >= 0, got {self.shift}")
 
@@ -104,15 +112,20 @@ class ModelConfig:
 
 @dataclass
 class RoutingConfig:
-    """Dynamic routing (Procedure 1).
+    """Dynamic routing (Procedure 1) and its controls.
 
     `grad="all"` back-propagates through every routing iteration, as the official TensorFlow
     code does; `grad="last"` detaches the predictions in all but the last iteration, as several
     public re-implementations do.
+    `mode="uniform"` couples every lower capsule equally to every parent (dynamic routing with
+    r = 1, exactly); `mode="random"` draws each example's logits from N(0, 1) / `temperature`
+    and couples with their softmax, without agreement. Both need `iterations=1`.
     """
 
     iterations: int = 3
     grad: str = "all"
+    mode: str = "dynamic"
+    temperature: float = 1.0  # random mode: logits ~ N(0, 1) / temperature (lower: sharper)
 
     def __post_init__(self) -> None:
         _require(
@@ -123,6 +136,16 @@ class RoutingConfig:
             self.grad in ROUTING_GRADS,
             f"routing.grad must be one of {', '.join(ROUTING_GRADS)}, got '{self.grad}'",
         )
+        _require(
+            self.mode in ROUTING_MODES,
+            f"routing.mode must be one of {', '.join(ROUTING_MODES)}, got '{self.mode}'",
+        )
+        _require(
+            self.mode == "dynamic" or self.iterations == 1,
+            f"routing.mode={self.mode} has no agreement step, so it needs routing.iterations=1 "
+            f"(got {self.iterations}); sweep the controls with --iters 1",
+        )
+        _positive("routing.temperature", self.temperature)
 
 
 @dataclass
@@ -142,6 +165,8 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; default: torch's own choice
     # a NaN/Inf loss: "fail" stops the run (last good checkpoint kept), "skip" drops the step
     nonfinite: str = "fail"
+    # stop after this many epochs without a higher validation accuracy (needs dataset.val_size)
+    early_stopping_patience: int | None = None
 
     def __post_init__(self) -> None:
         _positive("train.epochs", self.epochs)
@@ -150,6 +175,7 @@ class TrainConfig:
         _positive("train.lr", self.lr)
         _positive("train.lr_decay_steps", self.lr_decay_steps)
         _positive("train.threads", self.threads)
+        _positive("train.early_stopping_patience", self.early_stopping_patience)
         _require(
             0 < self.lr_decay_rate <= 1,
             f"train.lr_decay_rate must be in (0, 1], got {self.lr_decay_rate}",
@@ -187,6 +213,11 @@ class Config:
             bool(self.run_name) and ".." not in self.run_name.split("/"),
             f"run_name '{self.run_name}' must be a non-empty path without '..'",
         )
+        _require(
+            self.train.early_stopping_patience is None or self.dataset.val_size is not None,
+            "train.early_stopping_patience needs dataset.val_size: stopping on the test set "
+            "would select on the test set",
+        )
 
 
 def register_schema() -> None:
@@ -215,6 +246,36 @@ def to_config(cfg: DictConfig | dict[str, Any]) -> Config:
 def first_line(message: str) -> str:
     """The first non-empty line of an error message (OmegaConf appends full_key/object_type)."""
     return next((line.strip() for line in message.splitlines() if line.strip()), message)
+
+
+# Keys added after runs were first saved, with the value that reproduces the older behaviour:
+# a config saved before a key existed is read as if it held this value (resume, reports).
+ADDED_KEYS: dict[str, Any] = {
+    "routing.mode": "dynamic",
+    "routing.temperature": 1.0,
+    "dataset.val_size": None,
+    "train.early_stopping_patience": None,
+}
+
+
+def with_added_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a saved (nested) config with every missing `ADDED_KEYS` entry filled in.
+
+    Runs trained before a key existed behaved as its default says, so comparing their saved
+    config with a current one must not report the new key as a change.
+    """
+    filled = copy.deepcopy(saved)
+    for dotted, value in ADDED_KEYS.items():
+        *parents, leaf = dotted.split(".")
+        node = filled
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            node.setdefault(leaf, value)
+    return filled
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

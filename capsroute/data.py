@@ -121,12 +121,15 @@ class Splits:
     """The three views a training run uses.
 
     `train` is trained on (augmented), `train_eval` is a fixed subset of `train` evaluated each
-    epoch without augmentation (to measure the fit), and `test` is the held-out split.
+    epoch without augmentation (to measure the fit), and `test` is the held-out split. `val`,
+    when `dataset.val_size` is set, is held out of the training split (never trained on) and
+    chooses the best epoch instead of the test set.
     """
 
     train: ImageTensors
     train_eval: ImageTensors
     test: ImageTensors
+    val: ImageTensors | None = None
 
 
 @dataclass(frozen=True)
@@ -569,21 +572,56 @@ def balanced_subset(labels: Tensor, size: int, seed: int) -> Tensor:
     return torch.sort(torch.cat(chosen)).values
 
 
+def train_val_indices(
+    labels: Tensor, train_size: int | None, val_size: int | None, seed: int
+) -> tuple[Tensor, Tensor | None]:
+    """Indices into the training split (N,) of the examples trained on and held out.
+
+    Without `val_size`: `balanced_subset(train_size, seed)` (or all N) and no validation set,
+    exactly as before validation existed. With it: the validation set is
+    `balanced_subset(val_size, seed + 3)` of the whole split, so it depends on the seed and
+    `val_size` only (the same for every run of a sweep with that seed, whatever r), and the
+    training set is `balanced_subset(train_size, seed)` of the remaining examples, so the two
+    never share an example. Both are sorted int64 tensors on the CPU.
+    """
+    labels = labels.detach().to("cpu", torch.int64)  # (N,)
+    n = labels.shape[0]
+    if val_size is None:
+        everything = torch.arange(n, dtype=torch.int64)
+        return everything if train_size is None else balanced_subset(labels, train_size, seed), None
+    if val_size >= n:
+        raise ConfigError(
+            f"dataset.val_size={val_size} leaves no training images (the split holds {n})"
+        )
+    val = balanced_subset(labels, val_size, seed + 3)  # (val_size,)
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[val] = False
+    pool = torch.nonzero(rest).squeeze(1)  # (N - val_size,) sorted
+    if train_size is None:
+        return pool, val
+    return pool[balanced_subset(labels[pool], train_size, seed)], val
+
+
 def make_splits(cfg: DatasetConfig, seed: int, device: torch.device) -> Splits:
     """Load both splits, take the configured class-balanced subsets, and place them.
 
-    `train`: the full training split, or `balanced_subset(train_size, seed)` of it.
+    `train` (and `val`): `train_val_indices(train_size, val_size, seed)` of the training split;
+    without `val_size` that is the full split or `balanced_subset(train_size, seed)` of it.
     `test`: the full test split, or `balanced_subset(test_size, seed + 1)` of it.
     `train_eval`: `balanced_subset(min(train_eval_size, len(train)), seed + 2)` of `train`.
     Everything is moved to `device` when `cfg.on_device`, else kept on the CPU.
     """
     train_full = load_split(cfg, train=True)
     test_full = load_split(cfg, train=False)
+    train_index, val_index = train_val_indices(
+        train_full.labels, cfg.train_size, cfg.val_size, seed
+    )
     train = (
         train_full
-        if cfg.train_size is None
-        else train_full.subset(balanced_subset(train_full.labels, cfg.train_size, seed))
+        if cfg.train_size is None and val_index is None
+        else train_full.subset(train_index)
     )
+    val = None if val_index is None else train_full.subset(val_index)
     test = (
         test_full
         if cfg.test_size is None
@@ -591,12 +629,13 @@ def make_splits(cfg: DatasetConfig, seed: int, device: torch.device) -> Splits:
     )
     eval_size = min(cfg.train_eval_size, len(train))
     train_eval = train.subset(balanced_subset(train.labels, eval_size, seed + 2))
-    splits = Splits(train=train, train_eval=train_eval, test=test)
+    splits = Splits(train=train, train_eval=train_eval, test=test, val=val)
     if cfg.on_device:
         splits = Splits(
             train=splits.train.to(device),
             train_eval=splits.train_eval.to(device),
             test=splits.test.to(device),
+            val=None if splits.val is None else splits.val.to(device),
         )
     return splits
 

@@ -9,13 +9,19 @@ import torch
 from capsroute.config import DatasetConfig, ModelConfig
 from capsroute.data import ImageTensors, eval_batches
 from capsroute.device import autocast
-from capsroute.model import CapsNet
+from capsroute.model import CapsNet, reseed_routing
+
+# Seed of the random couplings (routing.mode=random) at the start of every evaluation, so an
+# evaluation is deterministic and `capsroute evaluate` repeats the run's own numbers.
+EVAL_ROUTING_SEED = 2017
 
 
 @dataclass
 class EvalResult:
     """Means over the evaluated images. `routing` holds one dict per routing iteration
-    (`iteration`, `delta_b`, `entropy`, `max_c`) when diagnostics were requested."""
+    (`iteration`, `delta_b`, `entropy`, `max_c`, `polarised`, `flip`) when diagnostics were
+    requested; `flip` is the fraction of images whose predicted class after iteration k
+    differs from the final prediction (0 at the last iteration, so always 0 with r = 1)."""
 
     images: int
     accuracy: float
@@ -63,8 +69,10 @@ def evaluate(
     routed = isinstance(model, CapsNet)  # networks without routing have no diagnostics
     r = iterations or (model.digit.routing.iterations if routed else 1)
     diagnostics = diagnostics and routed
+    reseed_routing(model, EVAL_ROUTING_SEED)  # routing.mode=random: the same draws every time
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, loss, margin, recon
-    stats = torch.zeros(3, r, dtype=torch.float64, device=device)  # delta_b, entropy, max_c
+    # per iteration: delta_b, entropy, max_c, polarised (x images), changed predictions
+    stats = torch.zeros(5, r, dtype=torch.float64, device=device)
     for images, labels in eval_batches(data, dataset, batch_size, device):
         with autocast(device, precision):
             out = model(images, labels, iterations=r, diagnostics=diagnostics)
@@ -82,8 +90,12 @@ def evaluate(
         if diagnostics:
             routed = out.routing
             assert routed.delta_b is not None and routed.entropy is not None
-            assert routed.max_c is not None
-            stats += torch.stack([routed.delta_b, routed.entropy, routed.max_c]).double() * n
+            assert routed.max_c is not None and routed.polarised is not None
+            assert routed.lengths is not None
+            batch = torch.stack([routed.delta_b, routed.entropy, routed.max_c, routed.polarised])
+            predicted = routed.lengths[:, :, : model.num_classes].argmax(dim=2)  # (r, B)
+            flips = (predicted != predicted[-1]).sum(dim=1)  # (r,)
+            stats += torch.cat([batch.double() * n, flips.double().unsqueeze(0)])
     model.train(was_training)
     count = len(data)
     correct, loss, margin, recon = (totals / count).tolist()
@@ -96,6 +108,8 @@ def evaluate(
                 "delta_b": means[0][k],
                 "entropy": means[1][k],
                 "max_c": means[2][k],
+                "polarised": means[3][k],
+                "flip": means[4][k],
             }
             for k in range(r)
         ]

@@ -34,6 +34,8 @@ def run_info(config: Config) -> dict[str, Any]:
             "train_eval": len(splits.train_eval),
             "test": len(splits.test),
         }
+        if splits.val is not None:
+            details["data"]["val"] = len(splits.val)
     except DataError as exc:
         details["data"] = {"root": config.dataset.root, "error": str(exc)}
     details["config"] = config_to_dict(config)

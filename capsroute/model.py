@@ -115,7 +115,11 @@ class DigitCaps(nn.Module):
 
     Predictions û_j|i = W_ij u_i are routed to the `n_out` parents by dynamic routing. The
     optional bias is added to s_j in every routing iteration, as the official code does; the
-    paper's text has none.
+    paper's text has none. `routing.mode` picks Procedure 1 (`dynamic`) or a control without
+    agreement: `uniform` (r = 1, every c_ij = 1/n_out) or `random` (r = 1 from logits drawn
+    per example from N(0, 1) / `routing.temperature`). Random logits come from this layer's
+    own CPU generator (`reseed`), so runs are reproducible on any device: training reseeds it
+    every epoch from (seed, epoch), evaluation from a fixed seed at its start.
     """
 
     def __init__(
@@ -135,6 +139,27 @@ class DigitCaps(nn.Module):
         self.weight = nn.Parameter(torch.empty(n_in, in_dim, n_out * out_dim))
         self.bias = nn.Parameter(torch.zeros(n_out, out_dim)) if bias else None
         nn.init.trunc_normal_(self.weight, std=weight_std, a=-2 * weight_std, b=2 * weight_std)
+        self.generator: torch.Generator | None = None  # random couplings (routing.mode=random)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the stream of random couplings (`routing.mode=random`) from `seed`."""
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def initial_logits(self, batch: int, iterations: int, device: torch.device) -> Tensor | None:
+        """The logits routing starts from: None (zeros) for `dynamic` and `uniform`, fresh
+        N(0, 1) / temperature draws (B, N_in, N_out) for `random`. The controls have no
+        agreement step, so they accept r = 1 only."""
+        mode = self.routing.mode
+        if mode == "dynamic":
+            return None
+        if iterations != 1:
+            raise ValueError(f"routing.mode={mode} routes with r = 1 only, got r = {iterations}")
+        if mode == "uniform":
+            return None
+        if self.generator is None:
+            self.reseed(0)
+        logits = torch.randn((batch, self.n_in, self.n_out), generator=self.generator)
+        return (logits / self.routing.temperature).to(device)  # drawn on the CPU, then moved
 
     def predictions(self, u: Tensor) -> Tensor:
         """û_j|i = W_ij u_i: (B, N_in, in_dim) -> (B, N_in, N_out, out_dim)."""
@@ -147,15 +172,26 @@ class DigitCaps(nn.Module):
         self, u: Tensor, iterations: int | None = None, diagnostics: bool = False
     ) -> RoutingResult:
         r = self.routing.iterations if iterations is None else iterations
+        init = self.initial_logits(u.shape[0], r, u.device)  # (B, N_in, N_out) or None
         if u.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # CPU batched mat-vecs are slower in bf16 than in fp32 (memory-bound either way,
             # no bf16 kernel for them): predict and route in fp32 under CPU autocast.
             with torch.autocast("cpu", enabled=False):
                 u_hat = self.predictions(u.float())  # (B, N_in, N_out, out_dim) fp32
-                return dynamic_routing(u_hat, r, self.routing.grad, diagnostics, bias=self.bias)
+                return dynamic_routing(
+                    u_hat, r, self.routing.grad, diagnostics, bias=self.bias, init_logits=init
+                )
         return dynamic_routing(
-            self.predictions(u), r, self.routing.grad, diagnostics, bias=self.bias
+            self.predictions(u), r, self.routing.grad, diagnostics, bias=self.bias, init_logits=init
         )
+
+
+def reseed_routing(model: nn.Module, seed: int) -> None:
+    """Restart a network's random-coupling stream (`routing.mode=random`) from `seed`; a
+    network without capsule routing has none, and is left alone."""
+    digit = getattr(model, "digit", None)
+    if isinstance(digit, DigitCaps):
+        digit.reseed(seed)
 
 
 class Decoder(nn.Module):

@@ -2,8 +2,10 @@
 
 `train_run(config, run_dir)` is the whole path: set up the device and seeds, load the data as
 tensors, build the CapsNet, resume from `checkpoint.pt` if there is one, then per epoch train,
-evaluate (train-eval subset and test set, routing diagnostics on the test set), and write
-`metrics.csv`, `routing.csv`, `checkpoint.pt` and `summary.json`, each atomically.
+evaluate (train-eval subset, validation split if any, and test set, routing diagnostics on the
+test set), and write `metrics.csv`, `routing.csv`, `checkpoint.pt` and `summary.json`, each
+atomically. With a validation split, the best epoch (and early stopping, if asked for) is chosen
+on it, never on the test set.
 Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run
 repeats exactly the epochs an uninterrupted one would have run.
 """
@@ -30,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import capsroute
 from capsroute import rundir
 from capsroute.checkpoint import load_checkpoint, save_checkpoint
-from capsroute.config import Config, ModelConfig, config_to_dict
+from capsroute.config import Config, ModelConfig, config_to_dict, with_added_keys
 from capsroute.data import (
     DATASET_INFO,
     Splits,
@@ -49,7 +51,7 @@ from capsroute.device import (
 from capsroute.errors import CapsrouteError, CheckpointError, one_line
 from capsroute.evaluation import EvalResult, evaluate
 from capsroute.losses import LossParts
-from capsroute.model import CapsNet, CapsNetOutput
+from capsroute.model import CapsNet, CapsNetOutput, reseed_routing
 
 log = logging.getLogger("capsroute")
 
@@ -65,12 +67,14 @@ METRICS_COLUMNS = (
     "test_loss",
     "test_margin_loss",
     "test_recon_loss",
+    "val_acc",
+    "val_loss",
     "lr",
     "epoch_seconds",
     "images_per_s",
     "eval_seconds",
 )
-ROUTING_COLUMNS = ("epoch", "iteration", "delta_b", "entropy", "max_c")
+ROUTING_COLUMNS = ("epoch", "iteration", "delta_b", "entropy", "max_c", "polarised", "flip")
 
 # Settings that may change between the first run and a resume without changing the results'
 # meaning: more epochs, where the data and outputs live, how progress is shown.
@@ -143,7 +147,8 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
     step_fn = torch.compile(model) if config.train.compile else model
     summary = new_summary(config, run_dir, model, device, splits)
-    if state.epoch >= config.train.epochs:
+    patience = config.train.early_stopping_patience
+    if state.epoch >= config.train.epochs or stops_early(state.metrics, patience):
         log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
         return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
     write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
@@ -162,6 +167,9 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
                 save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
                 write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
                 log.info(epoch_line(row, config.train.epochs))
+                if stops_early(state.metrics, patience):
+                    log.info("no better validation accuracy for %d epochs: stopping", patience)
+                    break
     except InterruptedRunError as exc:
         record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
         raise
@@ -203,7 +211,7 @@ def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) 
     """Refuse to resume a checkpoint trained with a different config (a silent mix is worse)."""
     changed = [
         f"{key}: {old!r} -> {new!r}"
-        for key, old, new in _diff(saved, current)
+        for key, old, new in _diff(with_added_keys(saved), current)  # older runs lack new keys
         if key not in RESUMABLE_KEYS
     ]
     if changed:
@@ -267,6 +275,7 @@ def run_epoch(
     """One pass over the training set, then evaluation; returns the metrics and routing rows."""
     train, dataset = config.train, config.dataset
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    reseed_routing(model, config.seed * 1_000_003 + epoch + 500_000)  # routing.mode=random
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, margin, recon, correct
     batches = num_batches(len(splits.train), train.batch_size)
     lr = optimizer.param_groups[0]["lr"]
@@ -321,9 +330,10 @@ def run_epoch(
     eval_started = time.perf_counter()
     eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
     train_eval = evaluate(model, splits.train_eval, *eval_args)
+    val = evaluate(model, splits.val, *eval_args) if splits.val is not None else None
     test = evaluate(model, splits.test, *eval_args, diagnostics=True)
     eval_seconds = time.perf_counter() - eval_started
-    row = metrics_row(epoch, loss, margin, recon, correct, train_eval, test, lr, config)
+    row = metrics_row(epoch, loss, margin, recon, correct, train_eval, test, lr, config, val)
     row.update(
         epoch_seconds=train_seconds,
         images_per_s=len(splits.train) / train_seconds,
@@ -343,8 +353,10 @@ def metrics_row(
     test: EvalResult,
     lr: float,
     config: Config,
+    val: EvalResult | None = None,
 ) -> dict[str, Any]:
-    """One `metrics.csv` row; the reconstruction columns are empty without a decoder."""
+    """One `metrics.csv` row; the reconstruction columns are empty without a decoder, the
+    validation columns without a validation split."""
     has_decoder = config.model.reconstruction
     return {
         "epoch": epoch,
@@ -358,6 +370,8 @@ def metrics_row(
         "test_loss": test.loss,
         "test_margin_loss": test.margin_loss,
         "test_recon_loss": test.recon_loss,
+        "val_acc": val.accuracy if val is not None else None,
+        "val_loss": val.loss if val is not None else None,
         "lr": lr,
     }
 
@@ -486,13 +500,26 @@ def write_summary(
     summary["error"] = error
     if state.metrics:
         last = state.metrics[-1]
-        best = max(state.metrics, key=lambda row: row["test_acc"])
+        best = max(state.metrics, key=lambda row: row["test_acc"])  # best-on-test (optimistic)
         summary.update(
             final_test_acc=last["test_acc"],
             final_test_error=1.0 - last["test_acc"],
             final_train_eval_acc=last["train_eval_acc"],
             best_test_acc=best["test_acc"],
             best_epoch=best["epoch"],
+            best_epoch_by="test",
+        )
+        if last.get("val_acc") is not None:  # choose the epoch on validation, report test there
+            chosen = max(state.metrics, key=lambda row: row["val_acc"])  # first highest
+            summary.update(
+                best_epoch=chosen["epoch"],
+                best_epoch_by="val",
+                best_val_acc=chosen["val_acc"],
+                test_acc_at_best=chosen["test_acc"],
+            )
+        patience = summary.get("config", {}).get("train", {}).get("early_stopping_patience")
+        summary["stopped_early"] = state.epoch < summary.get("epochs", 0) and stops_early(
+            state.metrics, patience
         )
     rundir.write_json(run_dir / rundir.SUMMARY_FILE, summary)
     return summary
@@ -507,6 +534,18 @@ def record_stop(
         write_summary(summary, state, status, run_dir, error=error)
     except (OSError, CapsrouteError) as exc:
         log.error("could not record status %s in %s: %s", status, run_dir, one_line(exc))
+
+
+def stops_early(metrics: list[dict[str, Any]], patience: int | None) -> bool:
+    """Whether `patience` epochs have passed since the first highest validation accuracy.
+
+    Decided from the recorded rows alone, so a resumed or re-run early-stopped run stops at the
+    same epoch instead of training on.
+    """
+    if patience is None or not metrics or metrics[-1].get("val_acc") is None:
+        return False
+    best = max(range(len(metrics)), key=lambda i: (metrics[i]["val_acc"], -i))
+    return len(metrics) - 1 - best >= patience
 
 
 def finish_summary(
