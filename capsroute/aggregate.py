@@ -27,6 +27,9 @@ RUN_METRICS = (
     "overfit",
     "seconds_per_epoch",
     "images_per_s",
+    "best_val_acc",
+    "val_best_epoch",
+    "test_acc_at_val_best",
 )
 METRICS_CHOICES = {"test_acc": "final_test_acc", "test_error": "final_test_error"}
 
@@ -36,6 +39,9 @@ def per_run(epochs: pd.DataFrame, group_columns: Sequence[str]) -> pd.DataFrame:
 
     best_test_acc is the maximum over epochs of the test accuracy (best-on-test: an optimistic
     number, since the epoch is chosen on the test set), best_epoch the first epoch reaching it.
+    With a validation split (`val_acc` in metrics.csv), val_best_epoch is the first epoch of
+    highest validation accuracy and test_acc_at_val_best the test accuracy at that epoch: an
+    honest model selection. Those three are NaN for runs without a validation split.
     gap = train_eval_acc - test_acc; overfit = last test loss - lowest test loss. Speed is the
     median over epochs, so a first epoch slowed by warm-up does not dominate.
     """
@@ -62,7 +68,18 @@ def _run_row(frame: pd.DataFrame, keys: Sequence[str]) -> dict[str, object]:
         overfit=last["test_loss"] - frame["test_loss"].min(),
         seconds_per_epoch=frame["epoch_seconds"].median(),
         images_per_s=frame["images_per_s"].median(),
+        best_val_acc=float("nan"),
+        val_best_epoch=float("nan"),
+        test_acc_at_val_best=float("nan"),
     )
+    val = frame["val_acc"] if "val_acc" in frame.columns else None
+    if val is not None and val.notna().all():
+        chosen = frame.loc[val.idxmax()]  # first epoch of highest validation accuracy
+        row.update(
+            best_val_acc=chosen["val_acc"],
+            val_best_epoch=int(chosen["epoch"]),
+            test_acc_at_val_best=chosen["test_acc"],
+        )
     return row
 
 

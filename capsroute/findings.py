@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from capsroute.runset import axis_label
 from capsroute.stats import Estimate, estimate, paired_difference
 
 METRIC_WORDS = {
@@ -22,13 +23,24 @@ METRIC_WORDS = {
 }
 
 
+MODE_AXIS = "routing.mode"
+
+
 def findings(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> list[str]:
-    """Sentences for every dataset (x extra axes): the best r, then the gap trend."""
+    """Sentences for every dataset (x extra axes): the best r, then the gap trend; with the
+    routing controls swept, how dynamic routing compares with them."""
     sentences = []
     for where, block in _blocks(runs, axes):
+        if MODE_AXIS in block.columns and (block[MODE_AXIS] != "dynamic").all():
+            continue  # a control has no r to choose; control_sentences compares it
         sentences.append(best_r_sentence(where, block, metric))
         if block["r"].nunique() > 1:
             sentences.append(gap_trend_sentence(where, block))
+    if MODE_AXIS in axes:
+        others = [axis for axis in axes if axis != MODE_AXIS]
+        sentences += [
+            control_sentence(where, block, metric) for where, block in _blocks(runs, others)
+        ]
     return sentences
 
 
@@ -37,9 +49,60 @@ def _blocks(runs: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataF
     blocks = []
     for key, block in runs.groupby(outer, sort=True):
         values = key if isinstance(key, tuple) else (key,)
-        extra = ", ".join(f"{a}={v}" for a, v in zip(axes, values[1:], strict=True))
+        extra = ", ".join(axis_label(a, v) for a, v in zip(axes, values[1:], strict=True))
         blocks.append((f"{values[0]}" + (f" ({extra})" if extra else ""), block))
     return blocks
+
+
+def control_sentence(where: str, block: pd.DataFrame, metric: str) -> str:
+    """Dynamic routing at its best r against the uniform and random controls (Paik et al.)."""
+    words, higher_better = METRIC_WORDS[metric]
+    dynamic = block[block[MODE_AXIS] == "dynamic"]
+    controls = {
+        mode: cell for mode, cell in block.groupby(MODE_AXIS, sort=True) if mode != "dynamic"
+    }
+    if dynamic.empty or not controls:
+        modes = ", ".join(sorted(str(m) for m in block[MODE_AXIS].unique()))
+        return (
+            f"On {where}, only routing={modes} was run, so routing is not compared with a control."
+        )
+    cells = {r: estimate(cell[metric].tolist()) for r, cell in dynamic.groupby("r")}
+    best = (max if higher_better else min)(cells, key=lambda r: cells[r].mean)
+    best_seeds = _by_seed(dynamic, best, metric)
+    parts = []
+    for mode, cell in controls.items():
+        value = estimate(cell[metric].tolist())
+        diff, seeds = paired_difference(
+            best_seeds, dict(zip(cell["seed"], cell[metric], strict=True))
+        )
+        verdict = _spread_verdict(diff, len(seeds), f"difference dynamic minus {mode}")
+        parts.append(f"{mode} coupling {_mean_std(value, long=False)} ({verdict.rstrip('.')})")
+    return (
+        f"On {where}, dynamic routing at its best r (r={best}) has {words} "
+        f"{_mean_std(cells[best])}; " + "; ".join(parts) + "."
+    )
+
+
+def eval_sentences(evals: pd.DataFrame, axes: Sequence[str], split: str) -> list[str]:
+    """For each training r: which evaluation r (dynamic routing) scores best on `split`."""
+    frame = evals[(evals["split"] == split) & (evals["mode"] == "dynamic")]
+    sentences = []
+    for where, block in _blocks(frame, axes):
+        parts = []
+        for r, cell in block.groupby("r", sort=True):
+            means = cell.groupby("eval_r")["accuracy"].mean()
+            best = int(means.idxmax())
+            text = f"trained r={r}: best at eval r={best} ({_pct(means[best])}%"
+            if best != r and r in means.index:
+                text += f"; {_pct(means[r])}% at its own r"
+            parts.append(text + ")")
+        tried = ", ".join(str(r) for r in sorted(block["eval_r"].unique()))
+        sentences.append(
+            f"On {where}, evaluated with r = {tried} on the {split} set (mean over seeds): "
+            + "; ".join(parts)
+            + "."
+        )
+    return sentences
 
 
 def _pct(value: float) -> str:
@@ -136,8 +199,11 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
 
 
-def caveats(used: int, found: int, left_out: int) -> list[str]:
-    """Sentences about what the numbers rest on, true for any data."""
+def caveats(used: int, found: int, left_out: int, validated: bool = False) -> list[str]:
+    """Sentences about what the numbers rest on, true for any data.
+
+    `validated`: some runs held out a validation split, whose best epoch is an honest choice.
+    """
     lines = [
         f"{used} of {found} run directories are used; {left_out} are left out "
         "(see the warnings table)."
@@ -147,4 +213,9 @@ def caveats(used: int, found: int, left_out: int) -> list[str]:
         "overstates what a held-out choice of epoch would give; the final-epoch numbers are "
         "the unbiased ones.",
     ]
+    if validated:
+        lines.append(
+            "'Test acc at best-val epoch' chooses the epoch on the validation split held out of "
+            "the training images (dataset.val_size), so it is an honest held-out choice."
+        )
     return lines

@@ -19,6 +19,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from capsroute.runset import axis_label
+
 DPI = 120
 PANEL_SIZE = (5.2, 3.8)
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -67,7 +69,7 @@ def _variant_rows(frame: pd.DataFrame, axes: Sequence[str], variant: tuple) -> p
 
 
 def _variant_label(axes: Sequence[str], variant: tuple) -> str:
-    return ", ".join(f"{axis}={value}" for axis, value in zip(axes, variant, strict=True))
+    return ", ".join(axis_label(axis, value) for axis, value in zip(axes, variant, strict=True))
 
 
 def metric_vs_r(
@@ -180,3 +182,69 @@ def _integer_ticks(ax: Axes, values: pd.Series) -> None:
     ticks = sorted(int(v) for v in values.unique())
     if len(ticks) <= 12:
         ax.set_xticks(ticks)
+
+
+def _eval_rows(evals: pd.DataFrame, split: str, mode: str = "dynamic") -> pd.DataFrame:
+    """The `capsroute evaluate` rows of one split and evaluation mode."""
+    return evals[(evals["split"] == split) & (evals["mode"] == mode)]
+
+
+def eval_r_heatmap(evals: pd.DataFrame, axes: Sequence[str], split: str, path: Path) -> Path:
+    """Accuracy (%) by training r (rows, x other swept axes) and evaluation r (columns).
+
+    Mean over seeds in each cell, written in the cell; dynamic routing at every evaluation r.
+    The diagonal (evaluation r = training r) is what the runs recorded themselves.
+    """
+    frame_all = _eval_rows(evals, split)
+    datasets = sorted(frame_all["dataset"].unique())
+    fig, panels = _panels(datasets)
+    for ax, dataset in zip(panels, datasets, strict=True):
+        ax.grid(False)
+        frame = frame_all[frame_all["dataset"] == dataset]
+        keys = [*axes, "r"]
+        table = (
+            frame.groupby([*keys, "eval_r"])["accuracy"].mean().unstack("eval_r").sort_index()
+        )  # (train cells, eval r)
+        counts = frame.groupby(keys)["run"].nunique()
+        image = ax.imshow(100 * table.to_numpy(), aspect="auto", cmap="viridis")
+        for row in range(table.shape[0]):
+            for col in range(table.shape[1]):
+                value = table.iat[row, col]
+                if pd.notna(value):
+                    ax.text(col, row, f"{100 * value:.1f}", ha="center", va="center",
+                            color="white", fontsize="small")  # fmt: skip
+        ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns])
+        labels = []
+        for key in table.index:
+            values = key if isinstance(key, tuple) else (key,)
+            extra = _variant_label(axes, tuple(values[:-1]))
+            n = int(counts.get(key, 0))
+            labels.append(", ".join(filter(None, [f"r={values[-1]}", extra])) + f" (n={n})")
+        ax.set_yticks(range(table.shape[0]), labels)
+        ax.set_xlabel(f"evaluation r ({split} set, dynamic routing)")
+        ax.set_ylabel("training")
+        fig.colorbar(image, ax=ax, label=f"{split} accuracy (%), mean over seeds")
+    return _save(fig, path)
+
+
+def accuracy_vs_eval_r(evals: pd.DataFrame, axes: Sequence[str], split: str, path: Path) -> Path:
+    """Accuracy against evaluation r, one line per training r (band ± std over seeds).
+
+    A star marks each line's training r, where the evaluation repeats the run's own.
+    """
+    frame_all = _eval_rows(evals, split)
+    datasets = sorted(frame_all["dataset"].unique())
+    fig, panels = _panels(datasets)
+    for ax, dataset in zip(panels, datasets, strict=True):
+        frame = frame_all[frame_all["dataset"] == dataset]
+        _lines(ax, frame, axes, "eval_r", "accuracy", 100.0, markers=True)
+        colours = _colours(frame["r"].tolist())
+        own = frame[frame["eval_r"] == frame["r"]]
+        for variant in _variants(own, axes):
+            for r, cell in _variant_rows(own, axes, variant).groupby("r"):
+                value = 100 * cell["accuracy"].mean()
+                ax.plot([r], [value], "*", markersize=14, color=colours[r], zorder=4)
+        ax.set_xlabel(f"evaluation r ({split} set; star: training r)")
+        ax.set_ylabel(f"{split} accuracy (%)")
+        _integer_ticks(ax, frame["eval_r"])
+    return _save(fig, path)

@@ -22,7 +22,7 @@ from rich.table import Table
 from capsroute import plots
 from capsroute.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
 from capsroute.errors import CapsrouteError, ConfigError
-from capsroute.findings import caveats, findings
+from capsroute.findings import caveats, eval_sentences, findings
 from capsroute.rundir import atomic_write_text
 from capsroute.runset import RunSet, load_runs
 
@@ -115,7 +115,17 @@ def make_report(
         comparison=comparison_table(runs, runset.group_columns, column),
         findings=[
             *findings(runs, runset.axes, column),
-            *caveats(runs["run"].nunique(), runset.found, len(runset.warnings)),
+            *(
+                eval_sentences(runset.evals, runset.axes, eval_split(runset.evals))
+                if not runset.evals.empty
+                else []
+            ),
+            *caveats(
+                runs["run"].nunique(),
+                runset.found,
+                len(runset.warnings),
+                validated=bool(runs["val_best_epoch"].notna().any()),
+            ),
         ],
         metric=column,
     )
@@ -152,7 +162,42 @@ def draw_figures(report: Report) -> list[Path]:
             runset.routing, axes, "entropy", "coupling-coefficient entropy (nats)",
             folder / "routing_entropy.png", log=False,
         ),
+        *optional_figures(report),
     ]  # fmt: skip
+
+
+# Per-iteration routing columns newer runs record (older routing.csv files lack them).
+POLARISATION_FIGURES = (
+    ("max_c", r"mean strongest coupling $\max_j c_{ij}$", "routing_max_c.png"),
+    ("polarised", r"lower capsules with $\max_j c_{ij} > 0.9$ (fraction)", "routing_polarised.png"),
+    ("flip", "predictions differing from the final iteration's (fraction)", "routing_flips.png"),
+)
+
+
+def eval_split(evals: pd.DataFrame) -> str:
+    """The split the evaluation figures show: `test` when measured, else the first one."""
+    splits = sorted(evals["split"].unique())
+    return "test" if "test" in splits else splits[0]
+
+
+def optional_figures(report: Report) -> list[Path]:
+    """Figures for data only some runs have: newer routing diagnostics, `capsroute evaluate`."""
+    runset, axes, folder = report.runset, report.runset.axes, report.out_dir / "figures"
+    figures = []
+    for column, label, name in POLARISATION_FIGURES:
+        if column in runset.routing.columns and runset.routing[column].notna().any():
+            rows = runset.routing.dropna(subset=[column])
+            figures.append(
+                plots.routing_at_last_epoch(rows, axes, column, label, folder / name, log=False)
+            )
+    evals = runset.evals
+    if not evals.empty and (evals["mode"] == "dynamic").any():
+        split = eval_split(evals)
+        figures += [
+            plots.eval_r_heatmap(evals, axes, split, folder / "eval_r_heatmap.png"),
+            plots.accuracy_vs_eval_r(evals, axes, split, folder / "acc_vs_eval_r.png"),
+        ]
+    return figures
 
 
 # --- formatting -------------------------------------------------------------------------
@@ -190,6 +235,12 @@ SUMMARY_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
     ("s/epoch", lambda r: _mean_std(r, "seconds_per_epoch", 2)),
     ("images/s", lambda r: _mean_std(r, "images_per_s", 0)),
 ]
+# With a validation split: the epoch is chosen on validation, and the test accuracy there.
+VAL_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
+    ("test acc at best-val epoch %", lambda r: _mean_std(r, "test_acc_at_val_best", 2, 100)),
+    ("best-val epoch", lambda r: _mean_std(r, "val_best_epoch", 1)),
+    ("best val acc %", lambda r: _mean_std(r, "best_val_acc", 2, 100)),
+]
 # Terminal: the headline columns under short names, so the table fits a normal window.
 TERMINAL_COLUMNS = {
     "test acc %": "test acc %",
@@ -204,14 +255,54 @@ TERMINAL_COLUMNS = {
 }
 
 
+def has_validation(report: Report) -> bool:
+    """Whether any run chose its best epoch on a validation split (dataset.val_size)."""
+    return bool(report.runs["val_best_epoch"].notna().any())
+
+
+def summary_columns(report: Report) -> list[tuple[str, Callable[[pd.Series], str]]]:
+    """Final-epoch numbers first; then validation-selected ones when runs have a val split."""
+    if not has_validation(report):
+        return SUMMARY_COLUMNS
+    best_on_test = [i for i, (name, _) in enumerate(SUMMARY_COLUMNS) if name.startswith("best")]
+    at = best_on_test[0] if best_on_test else len(SUMMARY_COLUMNS)
+    return [*SUMMARY_COLUMNS[:at], *VAL_COLUMNS, *SUMMARY_COLUMNS[at:]]
+
+
 def summary_display(report: Report) -> pd.DataFrame:
     """The summary table as text cells: percent, mean ± std, [CI low, CI high]."""
     keys = [*report.runset.group_columns, "n"]
+    columns = summary_columns(report)
     rows = [
-        {**{k: row[k] for k in keys}, **{name: cell(row) for name, cell in SUMMARY_COLUMNS}}
+        {**{k: row[k] for k in keys}, **{name: cell(row) for name, cell in columns}}
         for _, row in report.summary.iterrows()
     ]
-    return pd.DataFrame(rows, columns=[*keys, *(name for name, _ in SUMMARY_COLUMNS)])
+    return pd.DataFrame(rows, columns=[*keys, *(name for name, _ in columns)])
+
+
+def eval_display(report: Report) -> pd.DataFrame:
+    """`capsroute evaluate` accuracy (%) by training cell (rows) and evaluation r (columns).
+
+    Mean over seeds on one split (test when measured), dynamic routing at each evaluation r;
+    a run trained with a control (uniform/random) adds a column for its own mode.
+    """
+    evals = report.runset.evals
+    if evals.empty:
+        return pd.DataFrame()
+    split = eval_split(evals)
+    frame = evals[evals["split"] == split].copy()
+    frame["column"] = [
+        f"eval r={r}" if mode == "dynamic" else f"own {mode}"
+        for r, mode in zip(frame["eval_r"], frame["mode"], strict=True)
+    ]
+    keys = report.runset.group_columns
+    table = frame.pivot_table(index=keys, columns="column", values="accuracy", aggfunc="mean")
+    order = sorted(table.columns, key=lambda c: (not c.startswith("eval"), len(c), c))
+    table = (100 * table[order]).round(2).reset_index()
+    seeds = frame.groupby(keys)["run"].nunique().rename("n").reset_index()
+    table = table.merge(seeds, on=keys)
+    table.insert(len(keys), "split", split)
+    return table[[*keys, "split", "n", *order]].astype(object).fillna("–")
 
 
 def comparison_display(report: Report) -> pd.DataFrame:
@@ -261,6 +352,8 @@ def write_outputs(report: Report, formats: Sequence[str], figures: list[Path]) -
 
     summary, comparison = summary_display(report), comparison_display(report)
     warnings = report.runset.warnings
+    if "csv" in formats and not report.runset.evals.empty:
+        put("evals.csv", report.runset.evals.to_csv(index=False))
     if "csv" in formats:
         put("runs.csv", report.runset.epochs.to_csv(index=False))
         put("routing_runs.csv", report.runset.routing.to_csv(index=False))
@@ -277,6 +370,9 @@ def write_outputs(report: Report, formats: Sequence[str], figures: list[Path]) -
     if "html" in formats:
         put("report.html", report_html(report, summary, comparison, figures))
     return written
+
+
+EVAL_TITLE = "Accuracy (%) by training r and evaluation r (capsroute evaluate)"
 
 
 def _markdown(frame: pd.DataFrame) -> str:
@@ -306,6 +402,11 @@ def report_markdown(
         _markdown(summary),
         "## Each r against the smallest r (paired by seed)",
         _markdown(comparison),
+        *(
+            [f"## {EVAL_TITLE}", _markdown(eval_display(report))]
+            if not report.runset.evals.empty
+            else []
+        ),
         "## Runs left out",
         _markdown(report.runset.warnings),
         "## Figures",
@@ -343,7 +444,12 @@ def report_html(
         f"<h2>Findings</h2><ul>{items}</ul>\n"
         f"<h2>Summary by dataset and r</h2>{table(summary)}\n"
         f"<h2>Each r against the smallest r (paired by seed)</h2>{table(comparison)}\n"
-        f"<h2>Runs left out</h2>{table(report.runset.warnings)}\n"
+        + (
+            f"<h2>{html.escape(EVAL_TITLE)}</h2>{table(eval_display(report))}\n"
+            if not report.runset.evals.empty
+            else ""
+        )
+        + f"<h2>Runs left out</h2>{table(report.runset.warnings)}\n"
         f"<h2>Figures</h2>{images}\n</body></html>\n"
     )
 
@@ -367,6 +473,16 @@ def print_report(report: Report, console: Console) -> None:
     keys = [*report.runset.group_columns, "n"]
     summary = summary_display(report)[[*keys, *TERMINAL_COLUMNS]].rename(columns=TERMINAL_COLUMNS)
     console.print(rich_table(summary, "final epoch: mean ± std over seeds (n)"))
+    if has_validation(report):
+        picked = [*report.runset.group_columns, "n", "test acc at best-val epoch %"]
+        console.print(
+            rich_table(
+                summary_display(report)[[*picked, "best-val epoch"]],
+                "epoch chosen on the validation split: test accuracy there",
+            )
+        )
+    if not report.runset.evals.empty:
+        console.print(rich_table(eval_display(report), EVAL_TITLE))
     if not report.comparison.empty:
         console.print(rich_table(comparison_display(report), "each r vs the smallest r"))
     print_warnings(report.runset, console)

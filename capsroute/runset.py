@@ -24,12 +24,21 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from capsroute import rundir
+from capsroute.config import with_added_keys
 
 # Keys that say where things live or how progress is shown, never what was trained.
 BOOKKEEPING_KEYS = frozenset(
     {"dataset.root", "dataset.download", "train.progress", "out_root", "run_name"}
 )
 FIXED_AXES = {"dataset": "dataset.name", "r": "routing.iterations", "seed": "seed"}
+# How swept config keys read in legends and sentences (tables keep the config key itself).
+AXIS_LABELS = {
+    "routing.mode": "routing",
+    "routing.grad": "routing grad",
+    "routing.temperature": "temperature",
+    "model.digit_bias": "digit bias",
+    "dataset.val_size": "val size",
+}
 KEY_COLUMNS = ("run", "dataset", "r", "seed")
 # metrics.csv columns the report needs; the reconstruction columns may be empty (no decoder).
 REQUIRED_METRICS = (
@@ -41,8 +50,12 @@ REQUIRED_METRICS = (
     "epoch_seconds",
     "images_per_s",
 )
-# routing.csv columns (train.ROUTING_COLUMNS; not imported so that reports never load torch).
+# routing.csv columns every run has (train.ROUTING_COLUMNS; not imported so that reports never
+# load torch); newer runs add `polarised` and `flip`, read when present.
 ROUTING_COLUMNS = ("epoch", "iteration", "delta_b", "entropy", "max_c")
+# `capsroute evaluate`'s optional per-run file (capsroute.evaluate_iters, not imported: torch).
+EVAL_ITERS_FILE = "eval_iters.csv"
+EVAL_REQUIRED = ("epoch", "eval_r", "accuracy")
 WARNING_COLUMNS = ("run", "status", "problem")
 
 
@@ -62,6 +75,7 @@ class Run:
     config: dict[str, Any]
     metrics: pd.DataFrame
     routing: pd.DataFrame
+    evals: pd.DataFrame = field(default_factory=pd.DataFrame)  # eval_iters.csv, may be empty
 
 
 @dataclass
@@ -69,7 +83,8 @@ class RunSet:
     """Everything loaded: tidy per-epoch and per-iteration tables, warnings, the extra axes.
 
     `epochs` adds `test_error` (1 - test_acc) and `gap` (train_eval_acc - test_acc) to the
-    metrics.csv columns.
+    metrics.csv columns. `evals` holds the `capsroute evaluate` rows (eval_iters.csv) of the
+    runs that have them, at their last epoch; empty when none has.
     """
 
     epochs: pd.DataFrame
@@ -77,6 +92,7 @@ class RunSet:
     warnings: pd.DataFrame
     axes: list[str] = field(default_factory=list)
     found: int = 0
+    evals: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def group_columns(self) -> list[str]:
@@ -121,12 +137,16 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
         epochs = epochs.assign(
             test_error=1.0 - epochs["test_acc"], gap=epochs["train_eval_acc"] - epochs["test_acc"]
         )
+    with_evals = [run for run in runs if not run.evals.empty]
     return RunSet(
         epochs=epochs,
         routing=_tidy([_with_keys(run, run.routing, axes) for run in runs], axes),
         warnings=pd.DataFrame(warnings, columns=list(WARNING_COLUMNS)),
         axes=axes,
         found=len(dirs),
+        evals=_tidy([_with_keys(run, run.evals, axes) for run in with_evals], axes)
+        if with_evals
+        else pd.DataFrame(),
     )
 
 
@@ -143,10 +163,11 @@ def load_run(run_dir: Path, name: str) -> Run:
     status = str(summary.get("status", "unknown"))
     if status != rundir.STATUS_COMPLETED:
         raise UnusableRunError(_status_problem(summary, status), status)
-    config = flatten(_read_config(run_dir, summary))
+    config = flatten(with_added_keys(_read_config(run_dir, summary)))
     metrics = read_metrics(run_dir / rundir.METRICS_FILE, summary)
     routing = read_routing(run_dir / rundir.ROUTING_FILE, metrics, config)
-    return Run(name=name, config=config, metrics=metrics, routing=routing)
+    evals = read_evals(run_dir / EVAL_ITERS_FILE, int(metrics["epoch"].iloc[-1]))
+    return Run(name=name, config=config, metrics=metrics, routing=routing, evals=evals)
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
@@ -228,6 +249,29 @@ def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> p
     return frame
 
 
+def read_evals(path: Path, last_epoch: int) -> pd.DataFrame:
+    """eval_iters.csv rows measured on the run's last epoch; empty if none are usable.
+
+    The file is optional and extra: a missing, damaged or stale one (the run trained on after
+    it was evaluated) never makes the run itself unusable.
+    """
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return pd.DataFrame()
+    if frame.empty or any(column not in frame.columns for column in EVAL_REQUIRED):
+        return pd.DataFrame()
+    for column in frame.columns:
+        if column not in ("split", "mode"):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = frame.dropna(subset=list(EVAL_REQUIRED))
+    frame = frame[frame["epoch"] == last_epoch].reset_index(drop=True)
+    frame["eval_r"] = frame["eval_r"].astype(int)
+    return frame
+
+
 def _read_numeric_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     if not path.exists():
         raise UnusableRunError(f"{path.name} missing")
@@ -278,6 +322,13 @@ def swept_axes(configs: list[dict[str, Any]]) -> list[str]:
         for key in keys
         if key not in skip and len({repr(config.get(key)) for config in configs}) > 1
     ]
+
+
+def axis_label(axis: str, value: object) -> str:
+    """`routing.mode`, `uniform` -> `routing=uniform`: a swept value as legends show it."""
+    if isinstance(value, bool) or value in ("True", "False"):
+        value = "on" if value in (True, "True") else "off"
+    return f"{AXIS_LABELS.get(axis, axis)}={value}"
 
 
 def _with_keys(run: Run, frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
