@@ -229,7 +229,7 @@ def evaluate(
         results_table,
     )
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # the table is wide
     for result in evaluate_runs(
         run_dirs or [], parse_iters(iters), parse_split(split), device, data_root
     ):

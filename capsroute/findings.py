@@ -76,7 +76,8 @@ def control_sentence(where: str, block: pd.DataFrame, metric: str) -> str:
             best_seeds, dict(zip(cell["seed"], cell[metric], strict=True))
         )
         verdict = _spread_verdict(diff, len(seeds), f"difference dynamic minus {mode}")
-        parts.append(f"{mode} coupling {_mean_std(value, long=False)} ({verdict.rstrip('.')})")
+        verdict = verdict[0].lower() + verdict[1:].rstrip(".")
+        parts.append(f"{mode} coupling {_mean_std(value, long=False)} ({verdict})")
     return (
         f"On {where}, dynamic routing at its best r (r={best}) has {words} "
         f"{_mean_std(cells[best])}; " + "; ".join(parts) + "."

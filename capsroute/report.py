@@ -169,8 +169,8 @@ def draw_figures(report: Report) -> list[Path]:
 # Per-iteration routing columns newer runs record (older routing.csv files lack them).
 POLARISATION_FIGURES = (
     ("max_c", r"mean strongest coupling $\max_j c_{ij}$", "routing_max_c.png"),
-    ("polarised", r"lower capsules with $\max_j c_{ij} > 0.9$ (fraction)", "routing_polarised.png"),
-    ("flip", "predictions differing from the final iteration's (fraction)", "routing_flips.png"),
+    ("polarised", r"fraction of $i$ with $\max_j c_{ij} > 0.9$", "routing_polarised.png"),
+    ("flip", "fraction predicted ≠ final prediction", "routing_flips.png"),
 )
 
 
