@@ -20,6 +20,8 @@ from capsroute.errors import ConfigError
 
 DATASETS = ("mnist", "cifar10")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# capsnet: the CapsNet of Section 4; baseline_cnn: the paper's baseline CNN (capsroute.baseline)
+MODEL_KINDS = ("capsnet", "baseline_cnn")
 ROUTING_GRADS = ("all", "last")
 # dynamic: Procedure 1; uniform: every c_ij = 1/n_out; random: c_i = softmax(random logits / T).
 # The two controls have no agreement step (Paik et al. 2019 compare routing against them).
@@ -71,8 +73,13 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    """CapsNet layer sizes (Sabour et al. 2017, Section 4) and loss constants."""
+    """CapsNet layer sizes (Sabour et al. 2017, Section 4) and loss constants.
 
+    `kind=baseline_cnn` (the `model=baseline_cnn` group) trains the paper's baseline CNN
+    instead, sized by the `cnn_*` keys; the capsule keys are then unused.
+    """
+
+    kind: str = "capsnet"
     conv1_channels: int = 256
     conv1_kernel: int = 9
     primary_types: int = 32  # CIFAR-10 uses 64
@@ -89,8 +96,30 @@ class ModelConfig:
     m_plus: float = 0.9
     m_minus: float = 0.1
     lambda_neg: float = 0.5
+    # the baseline CNN (Section 5): 5x5 'same' convolutions, FC layers, dropout, softmax
+    cnn_channels: list[int] = field(default_factory=lambda: [256, 256, 128])
+    cnn_kernel: int = 5
+    cnn_hidden: list[int] = field(default_factory=lambda: [328, 192])
+    cnn_dropout: float = 0.5
 
     def __post_init__(self) -> None:
+        _require(
+            self.kind in MODEL_KINDS,
+            f"unknown model.kind '{self.kind}'; choose one of: {', '.join(MODEL_KINDS)}",
+        )
+        _require(
+            self.kind == "capsnet" or not self.reconstruction,
+            "model=baseline_cnn has no decoder: set model.reconstruction=false",
+        )
+        _positive("model.cnn_kernel", self.cnn_kernel)
+        _require(
+            all(c > 0 for c in [*self.cnn_channels, *self.cnn_hidden]),
+            "model.cnn_channels and model.cnn_hidden must be > 0",
+        )
+        _require(
+            0 <= self.cnn_dropout < 1,
+            f"model.cnn_dropout must be in [0, 1), got {self.cnn_dropout}",
+        )
         for name in (
             "conv1_channels",
             "conv1_kernel",
@@ -255,6 +284,11 @@ ADDED_KEYS: dict[str, Any] = {
     "routing.temperature": 1.0,
     "dataset.val_size": None,
     "train.early_stopping_patience": None,
+    "model.kind": "capsnet",
+    "model.cnn_channels": [256, 256, 128],
+    "model.cnn_kernel": 5,
+    "model.cnn_hidden": [328, 192],
+    "model.cnn_dropout": 0.5,
 }
 
 
@@ -274,7 +308,7 @@ def with_added_keys(saved: dict[str, Any]) -> dict[str, Any]:
                 break
             node = child
         else:
-            node.setdefault(leaf, value)
+            node.setdefault(leaf, copy.deepcopy(value))
     return filled
 
 

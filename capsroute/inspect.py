@@ -5,23 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 from capsroute.config import Config, config_to_dict
-from capsroute.data import DATASET_INFO, input_shape, make_splits
+from capsroute.data import input_shape, make_splits
 from capsroute.device import device_description, resolve_device
 from capsroute.errors import DataError
 from capsroute.model import CapsNet
+from capsroute.train import build_model
 
 
 def run_info(config: Config) -> dict[str, Any]:
     """Parameter counts, input shape, dataset sizes and the chosen device for `config`."""
-    info = DATASET_INFO[config.dataset.name]
     shape = input_shape(config.dataset)
-    model = CapsNet(shape, info.num_classes, config.model, config.routing)
+    model = build_model(config)  # the CapsNet or, with model=baseline_cnn, the baseline CNN
     device = resolve_device(config.device)
     details: dict[str, Any] = {
         "dataset": config.dataset.name,
         "input_shape": list(shape),
+        "model": config.model.kind,
         "routing_iterations": config.routing.iterations,
-        "primary_capsules": model.digit.n_in,
+        "primary_capsules": model.digit.n_in if isinstance(model, CapsNet) else None,
         "parameters": model.parameter_counts(),
         "device": str(device),
         "device_name": device_description(device),

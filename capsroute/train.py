@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import capsroute
 from capsroute import rundir
+from capsroute.baseline import BaselineCNN
 from capsroute.checkpoint import load_checkpoint, save_checkpoint
 from capsroute.config import Config, ModelConfig, config_to_dict, with_added_keys
 from capsroute.data import (
@@ -201,10 +202,18 @@ def setup_torch(config: Config) -> torch.device:
     return device
 
 
-def build_model(config: Config) -> CapsNet:
-    """The CapsNet for the configured dataset (input shape and class count come from the data)."""
+def build_model(config: Config) -> CapsNet | BaselineCNN:
+    """The configured network (`model.kind`) for the dataset (input shape and class count come
+    from the data): the CapsNet, or the paper's baseline CNN. The only place that picks one;
+    both outputs carry `scores` and `loss`, so the rest of training is the same for both."""
     info = DATASET_INFO[config.dataset.name]
-    return CapsNet(input_shape(config.dataset), info.num_classes, config.model, config.routing)
+    shape, model = input_shape(config.dataset), config.model
+    if model.kind == "baseline_cnn":
+        return BaselineCNN(
+            shape, info.num_classes, model.cnn_channels, model.cnn_kernel, model.cnn_hidden,
+            model.cnn_dropout,
+        )  # fmt: skip
+    return CapsNet(shape, info.num_classes, model, config.routing)
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 
+from capsroute.app import load_config
 from capsroute.baseline import BaselineCNN, paper_parameter_count
+from capsroute.config import config_to_dict, with_added_keys
+from capsroute.errors import ConfigError
+from capsroute.model import CapsNet
+from capsroute.train import build_model, train_run
 
 
 def test_mnist_parameter_count_is_the_papers_35_4_million() -> None:
@@ -35,3 +43,34 @@ def test_scores_loss_and_dropout() -> None:
     assert all(p.grad is not None for p in net.parameters())
     net.eval()  # dropout off: the same input gives the same logits
     assert torch.equal(net(images).scores, net(images).scores)
+
+
+def test_model_group_selects_the_baseline_with_the_papers_sizes() -> None:
+    config = load_config(["model=baseline_cnn"])
+    assert (config.model.kind, config.model.reconstruction) == ("baseline_cnn", False)
+    net = build_model(config)
+    assert isinstance(net, BaselineCNN)
+    assert net.parameter_counts()["total"] == 35_445_522
+    assert isinstance(build_model(load_config([])), CapsNet)  # the default is unchanged
+    with pytest.raises(ConfigError, match="has no decoder"):
+        load_config(["model=baseline_cnn", "model.reconstruction=true"])
+    with pytest.raises(ConfigError, match=r"unknown model\.kind"):
+        load_config(["model.kind=resnet"])
+
+
+def test_old_configs_read_as_capsnets() -> None:
+    """A config saved before model.kind existed is a CapsNet's (resume, reports)."""
+    saved = config_to_dict(load_config([]))
+    for key in ("kind", "cnn_channels", "cnn_kernel", "cnn_hidden", "cnn_dropout"):
+        del saved["model"][key]
+    assert with_added_keys(saved) == config_to_dict(load_config([]))
+
+
+def test_the_same_loop_trains_the_baseline(tmp_path: Path, tiny_overrides: list[str]) -> None:
+    small = ["model=baseline_cnn", "model.cnn_channels=[8,8,4]", "model.cnn_hidden=[16,8]"]
+    summary = train_run(load_config([*tiny_overrides, *small]), tmp_path / "cnn")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    small_net = BaselineCNN((1, 28, 28), 10, channels=(8, 8, 4), hidden=(16, 8))
+    assert summary["parameters"]["total"] == small_net.parameter_counts()["total"]
+    rows = (tmp_path / "cnn" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].split(",")[3] == ""  # no reconstruction loss column value
