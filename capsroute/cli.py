@@ -308,6 +308,39 @@ def viz(
             typer.echo(f"wrote {path}")
 
 
+@cli.command()
+def ensemble(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Run directories, or a sweep (every run with checkpoint.pt below)."),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for ensemble.json (default: the first PATH)."),
+    ] = None,
+    data_root: Annotated[
+        Path | None,
+        typer.Option("--data-root", help="Where the data are now (default: the runs' own)."),
+    ] = None,
+) -> None:
+    """Average the class-capsule lengths of several trained runs on their common test set
+    (the paper's CIFAR-10 ensemble); `capsroute report` then shows it beside the paper's."""
+    from capsroute.ensemble import evaluate_ensemble, write_ensemble
+    from capsroute.runset import find_run_dirs
+
+    runs = [run for run in find_run_dirs(paths) if (run / "checkpoint.pt").is_file()]
+    if not runs:
+        raise ConfigError(f"no run with checkpoint.pt under {', '.join(map(str, paths))}")
+    with exit_on_error():
+        result = evaluate_ensemble(runs, data_root)
+        path = write_ensemble(result, out or paths[0])
+        members = ", ".join(f"{100 * error:.2f}%" for error in result.member_errors)
+        typer.echo(
+            f"{result.models} models on {result.images} test images: ensemble error "
+            f"{100 * result.error:.2f}% (members {members}); wrote {path}"
+        )
+
+
 @data_cli.command("download")
 def data_download(
     dataset: Annotated[str, typer.Option(help="Comma-separated: mnist,cifar10")] = "mnist,cifar10",

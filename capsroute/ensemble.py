@@ -25,8 +25,7 @@ from capsroute.config import Config
 from capsroute.data import eval_batches, make_splits
 from capsroute.errors import ConfigError
 from capsroute.evaluation import classify
-
-ENSEMBLE_FILE = "ensemble.json"
+from capsroute.paper import ENSEMBLE_FILE
 
 
 @dataclass

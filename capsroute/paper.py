@@ -41,6 +41,7 @@ TABLE1 = (
 # Section 7: an ensemble of 7 CapsNets (r = 3, 24x24 crops) reaches 10.6% CIFAR-10 test error.
 CIFAR10_ENSEMBLE_ERROR = 10.6
 CIFAR10_ENSEMBLE_MODELS = 7
+ENSEMBLE_FILE = "ensemble.json"  # written by capsroute.ensemble, read by the report
 
 TABLE1_COLUMNS = [
     "method",

@@ -23,7 +23,8 @@ from capsroute import plots
 from capsroute.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
 from capsroute.errors import CapsrouteError, ConfigError
 from capsroute.findings import caveats, eval_sentences, findings
-from capsroute.rundir import atomic_write_text
+from capsroute.paper import ENSEMBLE_FILE, ensemble_table, table1
+from capsroute.rundir import atomic_write_text, read_json
 from capsroute.runset import RunSet, load_runs
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -49,6 +50,9 @@ class Report:
     findings: list[str]
     metric: str
     files: list[Path] = field(default_factory=list)
+    # the paper's own tables beside ours (capsroute.paper); empty when nothing matches
+    paper_table1: pd.DataFrame = field(default_factory=pd.DataFrame)
+    ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -128,6 +132,8 @@ def make_report(
             ),
         ],
         metric=column,
+        paper_table1=table1(runs, runset.configs),
+        ensembles=ensemble_table(read_ensembles(inputs)),
     )
     figures = draw_figures(report)
     report.files = [*figures, *write_outputs(report, formats, figures)]
@@ -338,6 +344,28 @@ def _tex(frame: pd.DataFrame) -> str:
     return escaped.to_latex(index=False, escape=False)
 
 
+def read_ensembles(paths: Sequence[Path]) -> list[dict[str, object]]:
+    """Every `ensemble.json` (written by `capsroute.ensemble`) at or below `paths`."""
+    found = sorted({p.resolve() for path in paths for p in Path(path).rglob(ENSEMBLE_FILE)})
+    results = []
+    for path in found:
+        try:
+            results.append(read_json(path))
+        except (OSError, ValueError):
+            continue  # a damaged file only loses its own row
+    return [r for r in results if isinstance(r.get("error"), int | float)]
+
+
+TABLE1_TITLE = "Sabour et al. (2017), Table 1: MNIST test error (%), ours beside the paper's"
+ENSEMBLE_TITLE = "Ensembles: test error (%) of the averaged class-capsule lengths"
+
+
+def paper_sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
+    """The paper-layout tables that have data: (title, display frame)."""
+    sections = [(TABLE1_TITLE, report.paper_table1), (ENSEMBLE_TITLE, report.ensembles)]
+    return [(title, frame) for title, frame in sections if not frame.empty]
+
+
 # --- writing ----------------------------------------------------------------------------
 
 
@@ -361,12 +389,18 @@ def write_outputs(report: Report, formats: Sequence[str], figures: list[Path]) -
         put("summary.csv", report.summary.to_csv(index=False))
         put("comparison.csv", report.comparison.to_csv(index=False))
         put("warnings.csv", warnings.to_csv(index=False))
+        if not report.paper_table1.empty:
+            put("table1.csv", report.paper_table1.to_csv(index=False))
+        if not report.ensembles.empty:
+            put("ensembles.csv", report.ensembles.to_csv(index=False))
     if "md" in formats:
         put("summary.md", _markdown(summary) + "\n")
         put("report.md", report_markdown(report, summary, comparison, figures))
     if "tex" in formats:
         put("summary.tex", _tex(summary))
         put("comparison.tex", _tex(comparison))
+        if not report.paper_table1.empty:
+            put("table1.tex", _tex(report.paper_table1))
     if "html" in formats:
         put("report.html", report_html(report, summary, comparison, figures))
     return written
@@ -402,6 +436,11 @@ def report_markdown(
         _markdown(summary),
         "## Each r against the smallest r (paired by seed)",
         _markdown(comparison),
+        *(
+            part
+            for title, frame in paper_sections(report)
+            for part in (f"## {title}", _markdown(frame))
+        ),
         *(
             [f"## {EVAL_TITLE}", _markdown(eval_display(report))]
             if not report.runset.evals.empty
@@ -444,6 +483,10 @@ def report_html(
         f"<h2>Findings</h2><ul>{items}</ul>\n"
         f"<h2>Summary by dataset and r</h2>{table(summary)}\n"
         f"<h2>Each r against the smallest r (paired by seed)</h2>{table(comparison)}\n"
+        + "".join(
+            f"<h2>{html.escape(title)}</h2>{table(frame)}\n"
+            for title, frame in paper_sections(report)
+        )
         + (
             f"<h2>{html.escape(EVAL_TITLE)}</h2>{table(eval_display(report))}\n"
             if not report.runset.evals.empty
@@ -485,6 +528,8 @@ def print_report(report: Report, console: Console) -> None:
         console.print(rich_table(eval_display(report), EVAL_TITLE))
     if not report.comparison.empty:
         console.print(rich_table(comparison_display(report), "each r vs the smallest r"))
+    for title, frame in paper_sections(report):
+        console.print(rich_table(frame, title))
     print_warnings(report.runset, console)
     for line in report.findings:
         console.print(f"- {line}", highlight=False)

@@ -93,6 +93,8 @@ class RunSet:
     axes: list[str] = field(default_factory=list)
     found: int = 0
     evals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # every used run's flattened config, by run name (e.g. for the paper's Table 1 layout)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def group_columns(self) -> list[str]:
@@ -147,6 +149,7 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
         evals=_tidy([_with_keys(run, run.evals, axes) for run in with_evals], axes)
         if with_evals
         else pd.DataFrame(),
+        configs={run.name: run.config for run in runs},
     )
 
 

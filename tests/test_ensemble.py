@@ -15,6 +15,7 @@ from capsroute.ensemble import evaluate_ensemble, write_ensemble
 from capsroute.errors import ConfigError
 from capsroute.evaluation import classify
 from capsroute.train import train_run
+from tests.test_cli import assert_one_line_error, run_cli
 
 
 def test_ensemble_averages_the_members_scores(tmp_path: Path, tiny_overrides: list[str]) -> None:
@@ -48,3 +49,8 @@ def test_ensemble_averages_the_members_scores(tmp_path: Path, tiny_overrides: li
     train_run(other, tmp_path / "c")
     with pytest.raises(ConfigError, match="different images"):
         evaluate_ensemble([*runs, tmp_path / "c"])
+
+
+def test_command_without_trained_runs_is_one_line_error(tmp_path: Path) -> None:
+    result = run_cli("ensemble", str(tmp_path), cwd=tmp_path)
+    assert_one_line_error(result, 2, "no run with checkpoint.pt under")
