@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import itertools
 import json
+import logging
 import math
 import resource
 import statistics
@@ -41,6 +42,7 @@ from capsroute.config import Config, ModelConfig
 from capsroute.data import DATASET_INFO, ImageTensors, input_shape, train_batches
 from capsroute.device import (
     autocast,
+    cpu_has_fast_bf16,
     device_description,
     grad_scaler,
     release_cpu_memory,
@@ -52,6 +54,7 @@ from capsroute.model import CapsNet, conv_output_size
 from capsroute.train import build_model, setup_torch, train_step
 
 MODES = ("train", "eval")
+log = logging.getLogger("capsroute")
 _PROC_STATUS = Path("/proc/self/status")
 _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -344,6 +347,9 @@ def run_bench(
     if steps < 1 or warmup < 0:
         raise ConfigError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = setup_torch(config)
+    precisions = list(precisions)
+    if device.type == "cpu" and "bf16" in precisions and not cpu_has_fast_bf16():
+        log.warning("this CPU has no native bf16 (oneDNN emulates it): bf16 will be slow")
     rows: list[BenchRow] = []
     for batch in batch_sizes:
         for precision in precisions:

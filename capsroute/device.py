@@ -47,6 +47,18 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[obj
     return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has native bf16 kernels on this CPU (AVX-512 BF16 or AMX).
+
+    Without them (e.g. an AVX2-only CPU) bf16 convolutions are emulated and run many times
+    slower than fp32, so precision=bf16 on such a CPU is a pessimisation, not a speed-up.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """A loss scaler that is active only for fp16, whose gradients can underflow."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
