@@ -32,7 +32,7 @@ lint: install
 	$(BIN)/ruff format --check capsroute tests benchmarks
 
 bench: install
-	$(BIN)/capsroute bench --json benchmarks/latest.json
+	$(BIN)/capsroute bench --precision fp32 --json benchmarks/latest.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
