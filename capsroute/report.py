@@ -160,14 +160,16 @@ def draw_figures(report: Report) -> list[Path]:
             runset.epochs, axes, "train_loss", "training loss (log scale)",
             folder / "train_loss.png", log=True,
         ),
-        plots.routing_at_last_epoch(
-            runset.routing, axes, "delta_b", r"mean $|\Delta b_{ij}|$ (log scale)",
-            folder / "routing_delta_b.png", log=True,
-        ),
-        plots.routing_at_last_epoch(
-            runset.routing, axes, "entropy", "coupling-coefficient entropy (nats)",
-            folder / "routing_entropy.png", log=False,
-        ),
+        *([
+            plots.routing_at_last_epoch(
+                runset.routing, axes, "delta_b", r"mean $|\Delta b_{ij}|$ (log scale)",
+                folder / "routing_delta_b.png", log=True,
+            ),
+            plots.routing_at_last_epoch(
+                runset.routing, axes, "entropy", "coupling-coefficient entropy (nats)",
+                folder / "routing_entropy.png", log=False,
+            ),
+        ] if not runset.routing.empty else []),  # no routing at all: baseline CNN runs only
         *optional_figures(report),
     ]  # fmt: skip
 

@@ -240,7 +240,12 @@ def read_metrics(path: Path, summary: dict[str, Any]) -> pd.DataFrame:
 
 
 def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
-    """routing.csv, checked to hold iterations 1..r for every epoch in metrics.csv."""
+    """routing.csv, checked to hold iterations 1..r for every epoch in metrics.csv.
+
+    A network without routing (`model.kind=baseline_cnn`) writes no rows: an empty frame.
+    """
+    if config.get("model.kind", "capsnet") != "capsnet":
+        return pd.DataFrame(columns=list(ROUTING_COLUMNS))
     frame = _read_numeric_csv(path, ROUTING_COLUMNS)
     r = config.get("routing.iterations")
     for epoch in metrics["epoch"]:

@@ -59,3 +59,17 @@ def test_saved_ensemble_gets_its_row(tmp_path: Path) -> None:
     assert row["ensemble error % (ours)"] == "25.00" and row["models"] == 2
     assert row["ensemble error % (paper)"] == "10.6 (7 models)"
     assert f"## {ENSEMBLE_TITLE}" in (sweep / "report" / "report.md").read_text()
+
+
+def test_baseline_runs_fill_the_baseline_row_without_routing_figures(tmp_path: Path) -> None:
+    for seed, acc in enumerate((0.996, 0.995)):
+        config = run_config(
+            "mnist", 3, seed, 1, **{"model.kind": "baseline_cnn", "model.reconstruction": False}
+        )
+        write_run(tmp_path / "cnn" / f"s{seed}", config, metrics_rows([acc], [0.999], [0.02]))
+    report = make_report([tmp_path / "cnn"], formats=["md"])
+    baseline = report.paper_table1.to_dict("records")[0]
+    assert (baseline["method"], baseline["n"]) == ("baseline", 2)
+    assert baseline["test error % (ours)"] == "0.45 ± 0.071"
+    assert report.runset.routing.empty
+    assert not (tmp_path / "cnn" / "report" / "figures" / "routing_entropy.png").exists()
