@@ -192,6 +192,8 @@ def setup_torch(config: Config) -> torch.device:
     if config.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # determinism does not need new tensors pre-filled with NaN (~10% of a CPU step)
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     device = resolve_device(config.device)
     if device.type == "cpu":
         keep_cpu_memory_mapped()
