@@ -284,6 +284,7 @@ ADDED_KEYS: dict[str, Any] = {
     "routing.temperature": 1.0,
     "dataset.val_size": None,
     "train.early_stopping_patience": None,
+    "train.nonfinite": "fail",
     "model.kind": "capsnet",
     "model.cnn_channels": [256, 256, 128],
     "model.cnn_kernel": 5,
