@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -17,20 +16,8 @@ from capsroute import rundir
 from capsroute.app import load_config
 from capsroute.train import train_run
 from tests.test_cli import CAPSROUTE
-
-TIMING = {"epoch_seconds", "images_per_s", "eval_seconds"}
-
-
-def rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def reproducible(run_dir: Path) -> list[dict[str, str]]:
-    metrics = [
-        {k: v for k, v in row.items() if k not in TIMING} for row in rows(run_dir / "metrics.csv")
-    ]
-    return metrics + rows(run_dir / "routing.csv")
+from tests.test_train import numbers as reproducible
+from tests.test_train import read_rows as rows
 
 
 @pytest.fixture(scope="module")
