@@ -57,7 +57,7 @@ def _split_overrides(args: list[str]) -> list[str]:
 
 @cli.command(context_settings=EXTRA_ARGS)
 def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
-    """Train one CapsNet run: `capsroute train [key=value ...]`, e.g. routing.iterations=5.
+    """Train one CapsNet run: `capsroute train KEY=VALUE ...`, e.g. routing.iterations=5.
 
     The run directory (default outputs/runs/<dataset>-r<r>-s<seed>) is resumed when it
     holds a checkpoint of the same config; a completed run is not trained again.
