@@ -115,14 +115,15 @@ def _yes_no(value: bool | None) -> str:
     return "–" if value is None else ("yes" if value else "no")
 
 
-def _error_text(errors: Sequence[float]) -> str:
-    """Mean ± sample std in the paper's precision (2 decimals, std 3); '–' without runs."""
+def _error_text(errors: Sequence[float], std_digits: int = 3) -> str:
+    """Mean ± sample std (2 decimals; the std with `std_digits`, 3 as in Table 1); '–' without
+    runs."""
     if not errors:
         return "–"
     value = estimate(list(errors))
     if value.n < 2 or math.isnan(value.std):
         return f"{value.mean:.2f} (n=1)"
-    return f"{value.mean:.2f} ± {value.std:.3f}"
+    return f"{value.mean:.2f} ± {value.std:.{std_digits}f}"
 
 
 def _paper_text(paper: PaperRow) -> str:
@@ -172,7 +173,7 @@ def ensemble_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "models": len(members),
                 "test images": result.get("images"),
                 "ensemble error % (ours)": f"{100 * float(result['error']):.2f}",
-                "members' error % (mean ± std)": _member_text(members),
+                "members' error % (mean ± std)": _error_text(members, std_digits=2),
                 "ensemble error % (paper)": (
                     f"{CIFAR10_ENSEMBLE_ERROR:.1f} ({CIFAR10_ENSEMBLE_MODELS} models)"
                     if dataset == "cifar10"
@@ -181,12 +182,3 @@ def ensemble_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=ENSEMBLE_COLUMNS)
-
-
-def _member_text(errors: Sequence[float]) -> str:
-    if not errors:
-        return "–"
-    value = estimate(list(errors))
-    if value.n < 2 or math.isnan(value.std):
-        return f"{value.mean:.2f} (n=1)"
-    return f"{value.mean:.2f} ± {value.std:.2f}"
