@@ -29,6 +29,31 @@ SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 LOCK_FILE = ".lock"
 
+# metrics.csv: one row per epoch, in this column order.
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_margin_loss",
+    "train_recon_loss",
+    "train_acc",
+    "train_eval_acc",
+    "train_eval_loss",
+    "test_acc",
+    "test_loss",
+    "test_margin_loss",
+    "test_recon_loss",
+    "val_acc",
+    "val_loss",
+    "lr",
+    "epoch_seconds",
+    "images_per_s",
+    "eval_seconds",
+)
+# routing.csv: one row per epoch and routing iteration. Runs written before the polarisation and
+# flip diagnostics existed have only the required columns.
+ROUTING_REQUIRED = ("epoch", "iteration", "delta_b", "entropy", "max_c")
+ROUTING_COLUMNS = (*ROUTING_REQUIRED, "polarised", "flip")
+
 STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"
 STATUS_FAILED = "failed"

@@ -50,9 +50,6 @@ REQUIRED_METRICS = (
     "epoch_seconds",
     "images_per_s",
 )
-# routing.csv columns every run has (train.ROUTING_COLUMNS; not imported so that reports never
-# load torch); newer runs add `polarised` and `flip`, read when present.
-ROUTING_COLUMNS = ("epoch", "iteration", "delta_b", "entropy", "max_c")
 # `capsroute evaluate`'s optional per-run file (capsroute.evaluate_iters, not imported: torch).
 EVAL_ITERS_FILE = "eval_iters.csv"
 EVAL_REQUIRED = ("epoch", "eval_r", "accuracy")
@@ -245,8 +242,8 @@ def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> p
     A network without routing (`model.kind=baseline_cnn`) writes no rows: an empty frame.
     """
     if config.get("model.kind", "capsnet") != "capsnet":
-        return pd.DataFrame(columns=list(ROUTING_COLUMNS))
-    frame = _read_numeric_csv(path, ROUTING_COLUMNS)
+        return pd.DataFrame(columns=list(rundir.ROUTING_REQUIRED))
+    frame = _read_numeric_csv(path, rundir.ROUTING_REQUIRED)
     r = config.get("routing.iterations")
     for epoch in metrics["epoch"]:
         iterations = frame.loc[frame["epoch"] == epoch, "iteration"].tolist()

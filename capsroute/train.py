@@ -56,27 +56,6 @@ from capsroute.model import CapsNet, CapsNetOutput, reseed_routing
 
 log = logging.getLogger("capsroute")
 
-METRICS_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_margin_loss",
-    "train_recon_loss",
-    "train_acc",
-    "train_eval_acc",
-    "train_eval_loss",
-    "test_acc",
-    "test_loss",
-    "test_margin_loss",
-    "test_recon_loss",
-    "val_acc",
-    "val_loss",
-    "lr",
-    "epoch_seconds",
-    "images_per_s",
-    "eval_seconds",
-)
-ROUTING_COLUMNS = ("epoch", "iteration", "delta_b", "entropy", "max_c", "polarised", "flip")
-
 # Settings that may change between the first run and a resume without changing the results'
 # meaning: more epochs, where the data and outputs live, how progress is shown.
 RESUMABLE_KEYS = {
@@ -449,8 +428,8 @@ def save_epoch(
     config: Config,
 ) -> None:
     """Write the result files, then the checkpoint that makes them the resume point."""
-    rundir.write_csv(run_dir / rundir.METRICS_FILE, state.metrics, METRICS_COLUMNS)
-    rundir.write_csv(run_dir / rundir.ROUTING_FILE, state.routing, ROUTING_COLUMNS)
+    rundir.write_csv(run_dir / rundir.METRICS_FILE, state.metrics, rundir.METRICS_COLUMNS)
+    rundir.write_csv(run_dir / rundir.ROUTING_FILE, state.routing, rundir.ROUTING_COLUMNS)
     save_checkpoint(
         run_dir / rundir.CHECKPOINT_FILE,
         {

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from capsroute import rundir
 from capsroute.config import Config, config_to_dict
-from capsroute.train import METRICS_COLUMNS, ROUTING_COLUMNS
+from capsroute.rundir import METRICS_COLUMNS, ROUTING_COLUMNS
 
 BASE_CONFIG = config_to_dict(Config())
 

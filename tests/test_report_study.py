@@ -14,7 +14,7 @@ import pytest
 from capsroute import rundir
 from capsroute.evaluate_iters import EVAL_COLUMNS, EVAL_ITERS_FILE
 from capsroute.report import eval_display, make_report, summary_display
-from capsroute.train import METRICS_COLUMNS
+from capsroute.rundir import METRICS_COLUMNS
 from tests.report_fixtures import metrics_rows, run_config, write_run
 
 # (mode, r) -> final test accuracy per seed 0, 1 (2 epochs; epoch 1 is 0.05 lower)

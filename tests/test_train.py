@@ -11,7 +11,8 @@ import pytest
 from capsroute import rundir
 from capsroute.app import load_config
 from capsroute.errors import CheckpointError, RunDirError
-from capsroute.train import METRICS_COLUMNS, train_run
+from capsroute.rundir import METRICS_COLUMNS
+from capsroute.train import train_run
 
 TIMING = {"epoch_seconds", "images_per_s", "eval_seconds"}
 
