@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from capsroute.config import Config
+from capsroute.data import Batch
 from capsroute.device import grad_scaler, keep_cpu_memory_mapped
 from capsroute.model import CapsNet, DigitCaps
 from capsroute.routing import RoutingResult, dynamic_routing, squash
@@ -99,7 +100,7 @@ def main() -> None:
             def run() -> object:
                 return train_step(
                     lambda x, y: model(x, y, iterations=r),
-                    optimizer, scaler, images, labels, config.model, device, "fp32",
+                    optimizer, scaler, Batch(images, labels), config.model, device, "fp32",
                 )  # fmt: skip
 
             return run

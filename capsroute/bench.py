@@ -39,7 +39,7 @@ import torch
 from rich.table import Table
 
 from capsroute.config import Config, ModelConfig
-from capsroute.data import DATASET_INFO, ImageTensors, input_shape, train_batches
+from capsroute.data import DATASET_INFO, Batch, ImageTensors, input_shape, train_batches
 from capsroute.device import (
     autocast,
     cpu_has_fast_bf16,
@@ -193,13 +193,25 @@ class BenchRow:
 
 
 def synthetic_batch(
-    shape: tuple[int, int, int], num_classes: int, batch: int, device: torch.device, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random images (B, C, H, W) in [0, 1] and labels (B,) on `device`."""
+    shape: tuple[int, int, int],
+    num_classes: int,
+    batch: int,
+    device: torch.device,
+    seed: int,
+    targets: int = 1,
+) -> Batch:
+    """Random images (B, C, H, W) in [0, 1] and labels (B,) on `device`; with `targets` = 2
+    (MultiMNIST) two different labels (B, 2) and two random digits alone (B, 2, C, H, W)."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.rand(batch, *shape, generator=generator)
     labels = torch.randint(0, num_classes, (batch,), generator=generator)
-    return images.to(device), labels.to(device)
+    if targets == 1:
+        return Batch(images.to(device), labels.to(device))
+    second = (labels + torch.randint(1, num_classes, (batch,), generator=generator)) % num_classes
+    parts = torch.rand(batch, 2, *shape, generator=generator)
+    return Batch(
+        parts.amax(dim=1).to(device), torch.stack([labels, second], 1).to(device), parts.to(device)
+    )
 
 
 def measure_ceiling(
@@ -230,10 +242,14 @@ def loader_seconds(config: Config, batch: int, device: torch.device, steps: int)
     info = DATASET_INFO[config.dataset.name]
     count = batch * (steps + 1)
     generator = torch.Generator().manual_seed(config.seed)
-    size = (count, info.channels, info.size, info.size)
-    images = torch.randint(0, 256, size, generator=generator, dtype=torch.uint8)
-    labels = torch.randint(0, info.num_classes, (count,), generator=generator)
-    data = ImageTensors(images, labels).to(device)
+    side = input_shape(config.dataset)[-1] if info.targets > 1 else info.size  # before a crop
+    size = (count, info.targets, info.channels, side, side)
+    parts = torch.randint(0, 256, size, generator=generator, dtype=torch.uint8)
+    labels = torch.randint(0, info.num_classes, (count, info.targets), generator=generator)
+    if info.targets == 1:
+        data = ImageTensors(parts[:, 0], labels[:, 0]).to(device)
+    else:  # MultiMNIST: overlays, two labels and each digit alone
+        data = ImageTensors(parts.amax(dim=1), labels, parts).to(device)
     batches = iter(train_batches(data, config.dataset, batch, generator, device))
     return statistics.median(time_steps(lambda: next(batches), device, 1, steps))
 
@@ -253,7 +269,8 @@ def bench_config(
     model = build_model(config).to(device)
     shape = input_shape(config.dataset)
     num_classes = model.num_classes
-    images, labels = synthetic_batch(shape, num_classes, batch, device, config.seed)
+    targets = DATASET_INFO[config.dataset.name].targets
+    data = synthetic_batch(shape, num_classes, batch, device, config.seed, targets)
     r = config.routing.iterations
     step_fn = torch.compile(model) if config.train.compile else model
     memory = PeakMemory(device)
@@ -263,14 +280,12 @@ def bench_config(
         scaler = grad_scaler(device, precision)
 
         def step() -> object:
-            return train_step(
-                step_fn, optimizer, scaler, images, labels, config.model, device, precision
-            )
+            return train_step(step_fn, optimizer, scaler, data, config.model, device, precision)
     else:
         model.eval()
 
         def step() -> object:
-            return classify(step_fn, images, device, precision, iterations=r)
+            return classify(step_fn, data.images, device, precision, iterations=r)
 
     memory.reset()
     seconds = statistics.median(time_steps(step, device, warmup, steps))

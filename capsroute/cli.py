@@ -90,7 +90,7 @@ def sweep(
     ctx: typer.Context,
     iters: Annotated[str | None, typer.Option(help="Routing iterations, e.g. 1,3,5.")] = None,
     datasets: Annotated[
-        str | None, typer.Option(help="Comma-separated: mnist,cifar10 (default mnist).")
+        str | None, typer.Option(help="Comma-separated: mnist,cifar10,multimnist (default mnist).")
     ] = None,
     seeds: Annotated[str | None, typer.Option(help="Seeds, e.g. 0,1,2 (default 0).")] = None,
     name: Annotated[
@@ -343,7 +343,9 @@ def ensemble(
 
 @data_cli.command("download")
 def data_download(
-    dataset: Annotated[str, typer.Option(help="Comma-separated: mnist,cifar10")] = "mnist,cifar10",
+    dataset: Annotated[
+        str, typer.Option(help="Comma-separated: mnist,cifar10 (multimnist: its MNIST files)")
+    ] = "mnist,cifar10",
     root: Annotated[
         Path | None, typer.Option(help="Data root (default: $CAPSROUTE_DATA or ./data)")
     ] = None,

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsroute.errors import ConfigError
 
-DATASETS = ("mnist", "cifar10")
+# multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files
+DATASETS = ("mnist", "cifar10", "multimnist")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # capsnet: the CapsNet of Section 4; baseline_cnn: the paper's baseline CNN (capsroute.baseline)
 MODEL_KINDS = ("capsnet", "baseline_cnn")
@@ -57,6 +58,10 @@ class DatasetConfig:
     crop: int | None = None  # random crop size for training, centre crop at test (CIFAR: 24)
     hflip: bool = False
     on_device: bool = True  # hold the whole dataset as one tensor on the training device
+    # MultiMNIST: each digit is shifted by up to this many px on a (28 + 2 x shift) canvas
+    overlay_shift: int = 4
+    # where generated datasets (MultiMNIST) are cached; the data root may be read-only
+    cache_dir: str = "${out_root}/cache"
 
     def __post_init__(self) -> None:
         _require(
@@ -69,6 +74,14 @@ class DatasetConfig:
         _positive("dataset.val_size", self.val_size)
         _positive("dataset.crop", self.crop)
         _require(self.shift >= 0, f"dataset.shift must be >= 0, got {self.shift}")
+        _require(
+            self.overlay_shift >= 0, f"dataset.overlay_shift must be >= 0, got {self.overlay_shift}"
+        )
+        _require(
+            self.name != "multimnist" or (self.shift == 0 and self.crop is None and not self.hflip),
+            "dataset=multimnist is shifted when it is generated (dataset.overlay_shift): "
+            "set dataset.shift=0, dataset.crop=null and dataset.hflip=false",
+        )
 
 
 @dataclass
@@ -247,6 +260,11 @@ class Config:
             "train.early_stopping_patience needs dataset.val_size: stopping on the test set "
             "would select on the test set",
         )
+        _require(
+            self.dataset.name != "multimnist" or self.model.kind == "capsnet",
+            "dataset=multimnist needs the CapsNet: the baseline CNN has one softmax target, "
+            "MultiMNIST two",
+        )
 
 
 def register_schema() -> None:
@@ -290,6 +308,8 @@ ADDED_KEYS: dict[str, Any] = {
     "model.cnn_kernel": 5,
     "model.cnn_hidden": [328, 192],
     "model.cnn_dropout": 0.5,
+    "dataset.overlay_shift": 4,
+    "dataset.cache_dir": "outputs/cache",
 }
 
 

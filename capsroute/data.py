@@ -21,12 +21,13 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from capsroute import multimnist
 from capsroute.config import DATASETS, DatasetConfig
 from capsroute.errors import ConfigError, DataError
 
@@ -53,6 +54,8 @@ class DatasetInfo:
     size: int
     num_classes: int
     files: tuple[str, ...]
+    targets: int = 1  # labels per image: 2 for MultiMNIST (two digits, both to be found)
+    source: str | None = None  # generated from this dataset's files (MultiMNIST from MNIST)
 
 
 DATASET_INFO: dict[str, DatasetInfo] = {
@@ -73,6 +76,14 @@ DATASET_INFO: dict[str, DatasetInfo] = {
         files=tuple(f"{_CIFAR_DIR}/{name}" for name in (*_CIFAR_TRAIN, *_CIFAR_TEST, _CIFAR_META)),
     ),
 }
+DATASET_INFO["multimnist"] = DatasetInfo(
+    channels=1,
+    size=multimnist.MNIST_SIZE + 2 * 4,  # the paper's 36 px; `input_shape` reads overlay_shift
+    num_classes=10,
+    files=DATASET_INFO["mnist"].files,
+    targets=2,
+    source="mnist",
+)
 assert tuple(DATASET_INFO) == DATASETS, "DATASET_INFO must cover config.DATASETS"
 
 _LAYOUT = {"mnist": _MNIST_DIR, "cifar10": _CIFAR_DIR}
@@ -85,10 +96,15 @@ _LAYOUT = {"mnist": _MNIST_DIR, "cifar10": _CIFAR_DIR}
 
 @dataclass
 class ImageTensors:
-    """One split held as tensors: uint8 images and int64 labels on the same device."""
+    """One split held as tensors: uint8 images and int64 labels on the same device.
+
+    MultiMNIST has two labels per image and keeps each digit alone on its own canvas in
+    `parts`, the targets of the per-digit reconstructions.
+    """
 
     images: Tensor  # (N, C, H, W) uint8
-    labels: Tensor  # (N,) int64
+    labels: Tensor  # (N,) int64, or (N, 2) for MultiMNIST
+    parts: Tensor | None = None  # (N, 2, C, H, W) uint8: each digit of an overlay alone
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.dtype != torch.uint8:
@@ -96,24 +112,54 @@ class ImageTensors:
                 f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} "
                 f"{self.images.dtype}"
             )
-        if self.labels.dim() != 1 or self.labels.dtype != torch.int64:
+        if self.labels.dim() not in (1, 2) or self.labels.dtype != torch.int64:
             raise ValueError(
-                f"labels must be (N,) int64, got {tuple(self.labels.shape)} {self.labels.dtype}"
+                f"labels must be (N,) or (N, T) int64, got {tuple(self.labels.shape)} "
+                f"{self.labels.dtype}"
             )
         if self.labels.shape[0] != self.images.shape[0]:
             raise ValueError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels")
+        if self.parts is not None and (
+            self.parts.dtype != torch.uint8
+            or tuple(self.parts.shape) != (*self.labels.shape, *self.images.shape[1:])
+        ):
+            raise ValueError(
+                f"parts must be (N, T, C, H, W) uint8 matching labels and images, got "
+                f"{tuple(self.parts.shape)} {self.parts.dtype}"
+            )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def class_labels(self) -> Tensor:
+        """(N,) one label per image to balance subsets by: the first digit's for MultiMNIST."""
+        return self.labels if self.labels.dim() == 1 else self.labels[:, 0]
+
     def to(self, device: torch.device | str) -> ImageTensors:
         """The same split on `device` (no copy when it is already there)."""
-        return ImageTensors(self.images.to(device), self.labels.to(device))
+        parts = None if self.parts is None else self.parts.to(device)
+        return ImageTensors(self.images.to(device), self.labels.to(device), parts)
 
     def subset(self, index: Tensor) -> ImageTensors:
         """The examples at `index` (int64 indices, any device), as a new split on this device."""
         index = index.to(self.images.device)
-        return ImageTensors(self.images[index], self.labels[index])
+        parts = None if self.parts is None else self.parts[index]
+        return ImageTensors(self.images[index], self.labels[index], parts)
+
+
+class Batch(NamedTuple):
+    """One batch on the training device: images (B, C, H, W) float32 in [0, 1], labels (B,) or
+    (B, 2) int64, and for MultiMNIST each digit alone, parts (B, 2, C, H, W) float32."""
+
+    images: Tensor
+    labels: Tensor
+    parts: Tensor | None = None
+
+    @property
+    def recon_target(self) -> Tensor:
+        """What the decoder reconstructs: the image, or (MultiMNIST) each digit alone."""
+        return self.images if self.parts is None else self.parts
 
 
 @dataclass
@@ -255,6 +301,7 @@ def download(name: str, root: str | Path) -> None:
     """
     if name not in DATASET_INFO:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASET_INFO)}")
+    name = DATASET_INFO[name].source or name  # MultiMNIST: its MNIST files
     path = _resolve_root(root)
     try:
         _torchvision_class(name)(str(path), train=True, download=True)
@@ -500,7 +547,8 @@ def load_split(cfg: DatasetConfig, train: bool) -> ImageTensors:
     Downloads first when `cfg.download` is set and files are missing (or, with `cfg.verify`,
     fail the md5 check). Raises `DataError` with one actionable line on any failure.
     """
-    return _load(cfg.name, _resolve_root(cfg.root), train, cfg.download, cfg.verify)
+    name = DATASET_INFO[cfg.name].source or cfg.name  # MultiMNIST is made from MNIST's files
+    return _load(name, _resolve_root(cfg.root), train, cfg.download, cfg.verify)
 
 
 def check(root: str | Path, verify: bool) -> list[DatasetStatus]:
@@ -511,7 +559,9 @@ def check(root: str | Path, verify: bool) -> list[DatasetStatus]:
     """
     path = _resolve_root(root)
     statuses = []
-    for name in DATASET_INFO:
+    for name, info in DATASET_INFO.items():
+        if info.source is not None:
+            continue  # generated from another dataset's files, which are checked themselves
         missing = _missing_files(name, path)
         if missing:
             error = _missing_error(name, path, missing)
@@ -611,6 +661,8 @@ def make_splits(cfg: DatasetConfig, seed: int, device: torch.device) -> Splits:
     `train_eval`: `balanced_subset(min(train_eval_size, len(train)), seed + 2)` of `train`.
     Everything is moved to `device` when `cfg.on_device`, else kept on the CPU.
     """
+    if cfg.name == "multimnist":
+        return _placed(_multimnist_splits(cfg, seed), cfg, device)
     train_full = load_split(cfg, train=True)
     test_full = load_split(cfg, train=False)
     train_index, val_index = train_val_indices(
@@ -629,15 +681,55 @@ def make_splits(cfg: DatasetConfig, seed: int, device: torch.device) -> Splits:
     )
     eval_size = min(cfg.train_eval_size, len(train))
     train_eval = train.subset(balanced_subset(train.labels, eval_size, seed + 2))
-    splits = Splits(train=train, train_eval=train_eval, test=test, val=val)
-    if cfg.on_device:
-        splits = Splits(
-            train=splits.train.to(device),
-            train_eval=splits.train_eval.to(device),
-            test=splits.test.to(device),
-            val=None if splits.val is None else splits.val.to(device),
-        )
-    return splits
+    return _placed(Splits(train=train, train_eval=train_eval, test=test, val=val), cfg, device)
+
+
+def _placed(splits: Splits, cfg: DatasetConfig, device: torch.device) -> Splits:
+    """The splits on `device` when `cfg.on_device`, else as they are (on the CPU)."""
+    if not cfg.on_device:
+        return splits
+    return Splits(
+        train=splits.train.to(device),
+        train_eval=splits.train_eval.to(device),
+        test=splits.test.to(device),
+        val=None if splits.val is None else splits.val.to(device),
+    )
+
+
+# The generated MultiMNIST test set is the same for every run (so runs of any seed are compared
+# on the same images); the training and validation sets are drawn from the run's seed.
+MULTIMNIST_TEST_SEED = 2017
+MULTIMNIST_TRAIN_SIZE = 60000  # `dataset.train_size` unset: as many overlays as MNIST digits
+MULTIMNIST_TEST_SIZE = 10000
+
+
+def _multimnist_splits(cfg: DatasetConfig, seed: int) -> Splits:
+    """MultiMNIST splits generated from MNIST (cached in `cfg.cache_dir`), on the CPU.
+
+    `train_size` / `test_size` / `val_size` count generated overlays. The validation overlays
+    are made from `balanced_subset(val_size, seed + 3)` of the MNIST training digits and the
+    training overlays from the others, so the two share no digit. Overlays pair digits of the
+    same split only, as the paper does.
+    """
+    source = load_split(cfg, train=True)
+    source_test = load_split(cfg, train=False)
+    pool, val_index = train_val_indices(source.labels, None, cfg.val_size, seed)
+
+    def generate(digits: ImageTensors, split: str, size: int, spec_seed: int) -> ImageTensors:
+        spec = multimnist.MultiMNISTSpec(split, size, cfg.overlay_shift, spec_seed)
+        made = multimnist.load_or_generate(digits.images, digits.labels, spec, Path(cfg.cache_dir))
+        parts = made.parts(digits.images).unsqueeze(2)  # (M, 2, 1, S, S)
+        return ImageTensors(made.images, made.labels, parts)
+
+    train = generate(source.subset(pool), "train", cfg.train_size or MULTIMNIST_TRAIN_SIZE, seed)
+    val = None
+    if val_index is not None:
+        val = generate(source.subset(val_index), "val", cfg.val_size or 1, seed + 3)
+    test_size = cfg.test_size or MULTIMNIST_TEST_SIZE
+    test = generate(source_test, "test", test_size, MULTIMNIST_TEST_SEED)
+    eval_size = min(cfg.train_eval_size, len(train))
+    train_eval = train.subset(balanced_subset(train.class_labels, eval_size, seed + 2))
+    return Splits(train=train, train_eval=train_eval, test=test, val=val)
 
 
 # --------------------------------------------------------------------------------------------
@@ -659,7 +751,8 @@ def _output_size(cfg: DatasetConfig, size: int) -> int:
 def input_shape(cfg: DatasetConfig) -> tuple[int, int, int]:
     """(C, H, W) of the images the model sees: the crop size if `cfg.crop`, else native size."""
     info = DATASET_INFO[cfg.name]
-    side = _output_size(cfg, info.size)
+    size = multimnist.canvas_size(cfg.overlay_shift) if cfg.name == "multimnist" else info.size
+    side = _output_size(cfg, size)
     return (info.channels, side, side)
 
 
@@ -755,20 +848,25 @@ def _to_float(images: Tensor) -> Tensor:
     return table[images.long()]
 
 
+def _parts(data: ImageTensors, index: Tensor | slice, device: torch.device) -> Tensor | None:
+    """The MultiMNIST digits alone of the examples at `index`, float on `device` (else None)."""
+    return None if data.parts is None else _to_float(data.parts[index].to(device))
+
+
 def train_batches(
     data: ImageTensors,
     cfg: DatasetConfig,
     batch_size: int,
     generator: torch.Generator,
     device: torch.device,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """One shuffled, augmented epoch of (x float32 (B, C, H', W') in [0, 1], y int64 (B,)).
-
-    Both tensors are on `device`. The order is `torch.randperm(N, generator=generator)`; the
-    last partial batch is kept. Each batch is moved to `device` as uint8 and augmented there
-    (translation by up to `cfg.shift` px, random `cfg.crop` window, random horizontal flip),
-    with the random numbers drawn on the CPU from `generator`, which must be a CPU generator.
-    Arguments are checked and the order drawn when this is called, not at the first batch.
+) -> Iterator[Batch]:
+    """One shuffled, augmented epoch of `Batch`es (images float32 (B, C, H', W') in [0, 1],
+       labels int64 (B,), and MultiMNIST's digits alone), all on `device`.
+    The order is `torch.randperm(N, generator=generator)`; the
+       last partial batch is kept. Each batch is moved to `device` as uint8 and augmented there
+       (translation by up to `cfg.shift` px, random `cfg.crop` window, random horizontal flip),
+       with the random numbers drawn on the CPU from `generator`, which must be a CPU generator.
+       Arguments are checked and the order drawn when this is called, not at the first batch.
     """
     if generator.device.type != "cpu":
         raise ValueError(f"train_batches needs a CPU generator, got one on {generator.device}")
@@ -777,24 +875,24 @@ def train_batches(
     _output_size(cfg, size)  # fail before the first batch if the crop cannot fit
     order = torch.randperm(len(data), generator=generator)  # (N,) drawn now, at the call
 
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+    def batches() -> Iterator[Batch]:
         for start in range(0, len(data), batch_size):
             index = order[start : start + batch_size].to(data.images.device)  # (B,)
             images = data.images[index].to(device)  # (B, C, H, W) uint8
-            labels = data.labels[index].to(device)  # (B,)
+            labels = data.labels[index].to(device)  # (B,) or (B, 2)
             aug = sample_augmentation(int(index.shape[0]), cfg, size, generator)
-            yield _to_float(augment(images, aug)), labels
+            yield Batch(_to_float(augment(images, aug)), labels, _parts(data, index, device))
 
     return batches()
 
 
 def eval_batches(
     data: ImageTensors, cfg: DatasetConfig, batch_size: int, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor]]:
+) -> Iterator[Batch]:
     """The split in order, unaugmented except for a centre crop to `cfg.crop` when set.
 
-    Yields (x float32 (B, C, H', W') in [0, 1], y int64 (B,)) on `device`. The crop corner is
-    placed as torchvision's `CenterCrop` places it.
+    Yields `Batch`es (images float32 (B, C, H', W') in [0, 1], labels int64) on `device`. The
+    crop corner is placed as torchvision's `CenterCrop` places it.
     """
     num_batches(len(data), batch_size)
     height, width = data.images.shape[-2:]
@@ -802,11 +900,13 @@ def eval_batches(
     top = round((height - side) / 2.0)
     left = round((width - side) / 2.0)
 
-    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+    def batches() -> Iterator[Batch]:
         for start in range(0, len(data), batch_size):
             stop = start + batch_size
             images = data.images[start:stop, :, top : top + side, left : left + side]
             # (B, C, side, side) uint8
-            yield _to_float(images.to(device)), data.labels[start:stop].to(device)
+            labels = data.labels[start:stop].to(device)
+            parts = _parts(data, slice(start, stop), device)
+            yield Batch(_to_float(images.to(device)), labels, parts)
 
     return batches()

@@ -25,6 +25,7 @@ from capsroute.config import Config
 from capsroute.data import eval_batches, make_splits
 from capsroute.errors import ConfigError
 from capsroute.evaluation import classify
+from capsroute.model import correct_predictions
 from capsroute.paper import ENSEMBLE_FILE
 
 
@@ -75,18 +76,18 @@ def evaluate_ensemble(
     for member, (_, model) in enumerate(loaded):
         scores = torch.cat(
             [
-                classify(model, images, device)
-                for images, _ in eval_batches(test, dataset, batch_size, device)
+                classify(model, batch.images, device)
+                for batch in eval_batches(test, dataset, batch_size, device)
             ]
         ).float()  # (N, K)
-        wrong[member] = int((scores.argmax(dim=1) != test.labels).sum())
+        wrong[member] = int((~correct_predictions(scores, test.labels)).sum())
         total = scores if total is None else total + scores
     assert total is not None
     n = len(test)
     return EnsembleResult(
         dataset=first.dataset.name,
         images=n,
-        error=float((total.argmax(dim=1) != test.labels).float().mean()),
+        error=float((~correct_predictions(total, test.labels)).float().mean()),
         member_errors=[int(w) / n for w in wrong],
         runs=[str(run) for run in run_dirs],
     )

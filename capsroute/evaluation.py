@@ -9,7 +9,7 @@ import torch
 from capsroute.config import DatasetConfig, ModelConfig
 from capsroute.data import ImageTensors, eval_batches
 from capsroute.device import autocast
-from capsroute.model import CapsNet, reseed_routing
+from capsroute.model import CapsNet, correct_predictions, reseed_routing
 
 # Seed of the random couplings (routing.mode=random) at the start of every evaluation, so an
 # evaluation is deterministic and `capsroute evaluate` repeats the run's own numbers.
@@ -73,15 +73,15 @@ def evaluate(
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, loss, margin, recon
     # per iteration: delta_b, entropy, max_c, polarised (x images), changed predictions
     stats = torch.zeros(5, r, dtype=torch.float64, device=device)
-    for images, labels in eval_batches(data, dataset, batch_size, device):
+    for batch in eval_batches(data, dataset, batch_size, device):
         with autocast(device, precision):
-            out = model(images, labels, iterations=r, diagnostics=diagnostics)
-            parts = out.loss(images, labels, model_cfg)
-        n = labels.shape[0]
+            out = model(batch.images, batch.labels, iterations=r, diagnostics=diagnostics)
+            parts = out.loss(batch.recon_target, batch.labels, model_cfg)
+        n = batch.labels.shape[0]
         recon = parts.reconstruction if parts.reconstruction is not None else parts.margin * 0
         totals += torch.stack(
             [
-                (out.scores.argmax(dim=1) == labels).sum().double(),
+                correct_predictions(out.scores, batch.labels).sum().double(),
                 parts.total.double() * n,
                 parts.margin.double() * n,
                 recon.double() * n,

@@ -14,17 +14,28 @@ def margin_loss(
     lengths: Tensor, labels: Tensor, m_plus: float = 0.9, m_minus: float = 0.1, lam: float = 0.5
 ) -> Tensor:
     """L_k = T_k max(0, m+ - |v_k|)^2 + λ (1 - T_k) max(0, |v_k| - m-)^2, summed over the
-    classes k and averaged over the batch. lengths: (B, K); labels: (B,) class indices."""
-    targets = torch.nn.functional.one_hot(labels, lengths.shape[1]).to(lengths.dtype)
+    classes k and averaged over the batch. lengths: (B, K); labels: (B,) class indices, or
+    (B, T) for images with several digits (MultiMNIST): T_k = 1 for each of them."""
+    targets = class_targets(labels, lengths.shape[1]).to(lengths.dtype)
     present = targets * torch.relu(m_plus - lengths) ** 2
     absent = lam * (1.0 - targets) * torch.relu(lengths - m_minus) ** 2
     return (present + absent).sum(dim=1).mean()
 
 
-def reconstruction_loss(reconstruction: Tensor, images: Tensor) -> Tensor:
-    """Sum of squared pixel differences per image, averaged over the batch (unscaled)."""
-    diff = reconstruction.float() - images.flatten(1).float()
-    return (diff * diff).sum(dim=1).mean()
+def class_targets(labels: Tensor, num_classes: int) -> Tensor:
+    """T (B, K) bool: T_k is set for each class present, from labels (B,) or (B, T)."""
+    one_hot = torch.nn.functional.one_hot(labels, num_classes)  # (B, K) or (B, T, K)
+    return (one_hot if labels.dim() == 1 else one_hot.amax(dim=1)).bool()
+
+
+def reconstruction_loss(reconstruction: Tensor, targets: Tensor) -> Tensor:
+    """Sum of squared pixel differences per image, averaged over the batch (unscaled).
+
+    reconstruction (B, P) against images (B, C, H, W); or, one reconstruction per digit
+    (MultiMNIST), (B, T, P) against each digit alone (B, T, C, H, W), summed over the digits.
+    """
+    diff = reconstruction.float() - targets.reshape(reconstruction.shape).float()
+    return (diff * diff).flatten(1).sum(dim=1).mean()
 
 
 @dataclass
@@ -40,13 +51,16 @@ class LossParts:
 def capsule_loss(
     lengths: Tensor,
     reconstruction: Tensor | None,
-    images: Tensor,
+    recon_target: Tensor,
     labels: Tensor,
     cfg: ModelConfig,
 ) -> LossParts:
-    """The training objective of the paper: margin loss plus 0.0005 x reconstruction loss."""
+    """The training objective of the paper: margin loss plus 0.0005 x reconstruction loss.
+
+    `recon_target` is what the decoder reconstructs: the images, or (MultiMNIST) each digit
+    alone, `data.Batch.recon_target`."""
     margin = margin_loss(lengths, labels, cfg.m_plus, cfg.m_minus, cfg.lambda_neg)
     if reconstruction is None:
         return LossParts(margin, margin, None)
-    recon = reconstruction_loss(reconstruction, images)
+    recon = reconstruction_loss(reconstruction, recon_target)
     return LossParts(margin + cfg.recon_weight * recon, margin, recon)

@@ -186,6 +186,23 @@ class DigitCaps(nn.Module):
         )
 
 
+def predicted_classes(scores: Tensor, targets: int = 1) -> Tensor:
+    """The prediction from class scores (B, K): the argmax (B,), or for images that hold
+    `targets` > 1 classes (MultiMNIST) the `targets` highest, (B, T), best first."""
+    if targets == 1:
+        return scores.argmax(dim=1)
+    return scores.topk(targets, dim=1).indices
+
+
+def correct_predictions(scores: Tensor, labels: Tensor) -> Tensor:
+    """(B,) bool: the prediction is right. labels (B,): the argmax is the label; labels (B, T)
+    (MultiMNIST, T = 2): every label is among the T highest scores, the paper's accuracy."""
+    if labels.dim() == 1:
+        return scores.argmax(dim=1) == labels
+    top = predicted_classes(scores, labels.shape[1])  # (B, T)
+    return (top[:, :, None] == labels[:, None, :]).any(dim=1).all(dim=1)
+
+
 def reseed_routing(model: nn.Module, seed: int) -> None:
     """Restart a network's random-coupling stream (`routing.mode=random`) from `seed`; a
     network without capsule routing has none, and is left alone."""
@@ -211,6 +228,10 @@ class Decoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, capsules: Tensor, classes: Tensor) -> Tensor:
+        """classes (B,) -> (B, P); classes (B, T) -> (B, T, P), each class decoded on its own
+        (MultiMNIST reconstructs each of its two digits from that digit's capsule alone)."""
+        if classes.dim() == 2:
+            return torch.stack([self(capsules, column) for column in classes.unbind(1)], dim=1)
         mask = nn.functional.one_hot(classes, capsules.shape[1]).to(capsules.dtype)  # (B, K)
         return self.net((capsules * mask.unsqueeze(-1)).flatten(1))
 
@@ -218,8 +239,8 @@ class Decoder(nn.Module):
 @dataclass
 class CapsNetOutput:
     """lengths: (B, K) class-capsule lengths (the class scores); capsules: (B, K, D);
-    reconstruction: (B, C*H*W) or None; routing: the routing result, diagnostics included
-    when asked for."""
+    reconstruction: (B, C*H*W), (B, T, C*H*W) for T digits per image, or None; routing: the
+    routing result, diagnostics included when asked for."""
 
     lengths: Tensor
     capsules: Tensor
@@ -232,9 +253,10 @@ class CapsNetOutput:
         output has `scores` and `loss`, so training and evaluation need no per-model code."""
         return self.lengths
 
-    def loss(self, images: Tensor, labels: Tensor, cfg: ModelConfig) -> LossParts:
-        """The CapsNet objective: margin loss + recon_weight x reconstruction loss."""
-        return capsule_loss(self.lengths, self.reconstruction, images, labels, cfg)
+    def loss(self, recon_target: Tensor, labels: Tensor, cfg: ModelConfig) -> LossParts:
+        """The CapsNet objective: margin loss + recon_weight x reconstruction loss of
+        `recon_target` (the images, or each MultiMNIST digit alone: `Batch.recon_target`)."""
+        return capsule_loss(self.lengths, self.reconstruction, recon_target, labels, cfg)
 
 
 class CapsNet(nn.Module):
@@ -246,10 +268,12 @@ class CapsNet(nn.Module):
         num_classes: int,
         model: ModelConfig,
         routing: RoutingConfig,
+        targets: int = 1,
     ) -> None:
         super().__init__()
         channels, height, width = input_shape
         self.input_shape, self.num_classes = input_shape, num_classes
+        self.targets = targets  # classes per image (MultiMNIST: 2), decoded without labels
         self.conv1 = nn.Conv2d(channels, model.conv1_channels, kernel_size=model.conv1_kernel)
         self.primary = PrimaryCaps(
             model.conv1_channels,
@@ -296,7 +320,9 @@ class CapsNet(nn.Module):
         """images (B, C, H, W) -> class-capsule lengths, capsules and reconstruction.
 
         The decoder sees the capsule of `labels` when given (the loss, as in the official code)
-        and of the predicted class otherwise (pictures). `iterations` overrides the configured r.
+        and of the predicted class otherwise (pictures); with labels (B, T), or `targets` > 1
+        and no labels (the T longest capsules), each class is decoded on its own, giving
+        (B, T, C*H*W). `iterations` overrides the configured r.
         """
         features = torch.relu(self.conv1(images))  # (B, 256, 20, 20) for MNIST
         primary = self.primary(features)  # (B, 1152, 8) for MNIST
@@ -305,7 +331,7 @@ class CapsNet(nn.Module):
         lengths = capsules.float().norm(dim=-1)  # (B, K)
         reconstruction = None
         if self.decoder is not None and reconstruct:
-            classes = labels if labels is not None else lengths.argmax(dim=1)
+            classes = labels if labels is not None else predicted_classes(lengths, self.targets)
             reconstruction = self.decoder(capsules, classes)
         return CapsNetOutput(lengths, capsules, reconstruction, routed)
 

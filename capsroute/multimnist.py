@@ -34,6 +34,7 @@ from capsroute.rundir import atomic_write_bytes
 
 CACHE_VERSION = 1
 MNIST_SIZE = 28
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -43,20 +44,25 @@ class MultiMNISTSpec:
     The canvas is 28 + 2 x shift pixels (36 for the paper's shift of 4).
     """
 
-    split: str  # "train" or "test": which MNIST split the digits come from
+    split: str  # "train", "val" or "test": which digits (names the cache file)
     size: int
     shift: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {self.split!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.size < 1 or self.shift < 0:
             raise ValueError(f"need size >= 1 and shift >= 0, got {self.size}, {self.shift}")
 
     @property
     def canvas(self) -> int:
-        return MNIST_SIZE + 2 * self.shift
+        return canvas_size(self.shift)
+
+
+def canvas_size(shift: int) -> int:
+    """Side of the canvas that fits a 28 px digit shifted by up to `shift` px each way."""
+    return MNIST_SIZE + 2 * shift
 
 
 @dataclass
@@ -82,6 +88,15 @@ class MultiMNIST:
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
+
+    def parts(self, source: Tensor, chunk: int = 4096) -> Tensor:
+        """Every example's two digits alone, (M, 2, S, S) uint8, from the source split's images
+        (the ones it was generated from): the per-digit reconstruction targets."""
+        out = torch.empty(len(self), 2, self.spec.canvas, self.spec.canvas, dtype=torch.uint8)
+        for start in range(0, len(self), chunk):
+            index = torch.arange(start, min(start + chunk, len(self)))
+            out[index] = render_parts(source.cpu(), self.plan, index, self.spec.canvas)
+        return out
 
 
 def make_plan(labels: Tensor, spec: MultiMNISTSpec) -> MultiMNISTPlan:
@@ -173,13 +188,3 @@ def load_or_generate(
             "writable folder (the data root may be read-only)"
         ) from exc
     return MultiMNIST(images, plan.labels, plan, spec)
-
-
-def top2_correct(scores: Tensor, labels: Tensor) -> Tensor:
-    """MultiMNIST accuracy as in the paper: both labels among the two highest scores.
-
-    scores (B, K), labels (B, 2) -> (B,) bool.
-    """
-    top2 = scores.topk(2, dim=1).indices  # (B, 2)
-    hit = (top2[:, :, None] == labels[:, None, :]).any(dim=1)  # (B, 2): each label found
-    return hit.all(dim=1)

@@ -36,6 +36,7 @@ from capsroute.checkpoint import load_checkpoint, save_checkpoint
 from capsroute.config import Config, ModelConfig, config_to_dict, with_added_keys
 from capsroute.data import (
     DATASET_INFO,
+    Batch,
     Splits,
     input_shape,
     make_splits,
@@ -52,7 +53,7 @@ from capsroute.device import (
 from capsroute.errors import CapsrouteError, CheckpointError, one_line
 from capsroute.evaluation import EvalResult, evaluate
 from capsroute.losses import LossParts
-from capsroute.model import CapsNet, CapsNetOutput, reseed_routing
+from capsroute.model import CapsNet, CapsNetOutput, correct_predictions, reseed_routing
 
 log = logging.getLogger("capsroute")
 
@@ -68,6 +69,7 @@ RESUMABLE_KEYS = {
     "dataset.root",
     "dataset.download",
     "dataset.on_device",
+    "dataset.cache_dir",
     "out_root",
     "run_name",
 }
@@ -194,7 +196,7 @@ def build_model(config: Config) -> CapsNet | BaselineCNN:
             shape, info.num_classes, model.cnn_channels, model.cnn_kernel, model.cnn_hidden,
             model.cnn_dropout,
         )  # fmt: skip
-    return CapsNet(shape, info.num_classes, model, config.routing)
+    return CapsNet(shape, info.num_classes, model, config.routing, targets=info.targets)
 
 
 def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
@@ -223,8 +225,7 @@ def train_step(
     step_fn: Callable[..., CapsNetOutput],
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    batch: Batch,
     model_cfg: ModelConfig,
     device: torch.device,
     precision: str,
@@ -232,14 +233,14 @@ def train_step(
 ) -> tuple[CapsNetOutput, LossParts]:
     """One optimisation step: forward (autocast), margin + reconstruction loss, backward, Adam.
 
-    images (B, C, H, W) float in [0, 1] and labels (B,) on `device`. The same code runs in
+    `batch` (images float in [0, 1], labels) is on `device`. The same code runs in
     `run_epoch` and in `capsroute bench`, so the benchmark times exactly what training does.
     Nothing here reads a value back to the host: on CUDA the step never waits for the GPU,
     except with `skip_nonfinite`, which must look at the loss before updating the weights.
     """
     with autocast(device, precision):
-        out = step_fn(images, labels)
-        parts = out.loss(images, labels, model_cfg)
+        out = step_fn(batch.images, batch.labels)
+        parts = out.loss(batch.recon_target, batch.labels, model_cfg)
     optimizer.zero_grad(set_to_none=True)
     if skip_nonfinite and not bool(torch.isfinite(parts.total)):
         return out, parts
@@ -275,15 +276,12 @@ def run_epoch(
     seen = 0
     started = time.perf_counter()
     with epoch_progress(console, epoch, config.train.epochs, batches, train.progress) as advance:
-        for images, labels in train_batches(
-            splits.train, dataset, train.batch_size, generator, device
-        ):
+        for batch in train_batches(splits.train, dataset, train.batch_size, generator, device):
             out, parts = train_step(
                 step_fn,
                 optimizer,
                 scaler,
-                images,
-                labels,
+                batch,
                 config.model,
                 device,
                 train.precision,
@@ -297,14 +295,14 @@ def run_epoch(
                 continue
             bad = ~torch.isfinite(parts.total) & (first_bad_step < 0)
             first_bad_step = torch.where(bad, state.step, first_bad_step)
-            n = labels.shape[0]
+            n = batch.labels.shape[0]
             recon = parts.reconstruction if parts.reconstruction is not None else parts.margin * 0
             totals += torch.stack(
                 [
                     parts.total.detach().double() * n,
                     parts.margin.detach().double() * n,
                     recon.detach().double() * n,
-                    (out.scores.argmax(dim=1) == labels).sum().double(),
+                    correct_predictions(out.scores, batch.labels).sum().double(),
                 ]
             )
             seen += n

@@ -36,7 +36,7 @@ from capsroute.checkpoint import load_trained
 from capsroute.config import Config
 from capsroute.data import eval_batches, make_splits
 from capsroute.errors import ConfigError
-from capsroute.model import CapsNet
+from capsroute.model import CapsNet, correct_predictions, predicted_classes
 from capsroute.rundir import atomic_write_bytes
 
 DPI = 110
@@ -48,7 +48,7 @@ class LoadedRun:
     """A trained run ready to draw from: its config, the network (eval mode) and test data.
 
     images: (N, C, H, W) float in [0, 1] as the network sees them (centre-cropped for
-    CIFAR-10); labels: (N,) int64; both on the CPU.
+    CIFAR-10); labels: (N,) int64, (N, 2) for MultiMNIST; both on the CPU.
     """
 
     config: Config
@@ -59,7 +59,8 @@ class LoadedRun:
     @cached_property
     def output(self) -> Any:
         """The network's output on `images` (computed once): lengths (N, K), capsules
-        (N, K, D) and the reconstruction (N, C*H*W) from the predicted class's capsule."""
+        (N, K, D) and the reconstruction (N, C*H*W) from the predicted class's capsule
+        ((N, 2, H*W) from the two predicted digits' capsules for MultiMNIST)."""
         return predict(self.model, self.images)
 
 
@@ -75,10 +76,8 @@ def load_run(run_dir: Path, data_root: Path | None = None, max_images: int = 200
         config.dataset, train_size=config.dataset.train_size or 1, on_device=False
     )  # only the test split is used: take a 1-image training subset
     test = make_splits(dataset, config.seed, torch.device("cpu")).test
-    images, labels = next(
-        iter(eval_batches(test, dataset, min(max_images, len(test)), torch.device("cpu")))
-    )
-    return LoadedRun(config, model, images, labels)
+    batch = next(iter(eval_batches(test, dataset, min(max_images, len(test)), torch.device("cpu"))))
+    return LoadedRun(config, model, batch.images, batch.labels)
 
 
 @torch.no_grad()
@@ -104,6 +103,23 @@ def _montage(images: Tensor, gap: int = 1) -> np.ndarray:
     return _pixels(canvas, tuple(canvas.shape))
 
 
+def _reconstruction_pixels(flat: Tensor, shape: tuple[int, int, int]) -> np.ndarray:
+    """One image's reconstruction as `_pixels` draws it: (C*H*W,) as is; one grey
+    reconstruction per digit (T, H*W), MultiMNIST, as the paper's Fig. 5 colours them: red
+    for the first, green for the second (an (H, W, 3) array)."""
+    if flat.dim() == 1:
+        return _pixels(flat, shape)
+    digits = flat.reshape(flat.shape[0], *shape[1:])  # (T, H, W)
+    rgb = torch.zeros(3, *shape[1:])
+    rgb[: min(2, digits.shape[0])] = digits[:2]
+    return _pixels(rgb, (3, *shape[1:]))
+
+
+def _classes_text(classes: Tensor) -> str:
+    """A label or prediction as text: '3', or '3+7' for two digits."""
+    return "+".join(str(c) for c in classes.reshape(-1).tolist())
+
+
 def _save(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -118,9 +134,10 @@ def reconstructions(run: LoadedRun, path: Path, per_kind: int = 8) -> Path:
     if model.decoder is None:
         raise ConfigError("this run has no decoder (model.reconstruction=false)")
     out = run.output
-    predicted = out.lengths.argmax(dim=1)  # (N,)
-    correct = torch.nonzero(predicted == run.labels).squeeze(1)[:per_kind]
-    wrong = torch.nonzero(predicted != run.labels).squeeze(1)[:per_kind]
+    predicted = predicted_classes(out.lengths, model.targets)  # (N,) or (N, 2)
+    right = correct_predictions(out.lengths, run.labels)  # (N,)
+    correct = torch.nonzero(right).squeeze(1)[:per_kind]
+    wrong = torch.nonzero(~right).squeeze(1)[:per_kind]
     columns = max(len(correct), len(wrong), 1)
     fig, axes = plt.subplots(4, columns, figsize=(1.3 * columns, 6.2), squeeze=False)
     for ax in axes.flat:
@@ -133,11 +150,14 @@ def reconstructions(run: LoadedRun, path: Path, per_kind: int = 8) -> Path:
         for col, i in enumerate(index.tolist()):
             axes[row, col].imshow(_pixels(run.images[i], model.input_shape), cmap="gray")
             axes[row + 1, col].imshow(
-                _pixels(out.reconstruction[i], model.input_shape), cmap="gray"
+                _reconstruction_pixels(out.reconstruction[i], model.input_shape), cmap="gray"
             )
-            label, guess = int(run.labels[i]), int(predicted[i])
+            label, guess = _classes_text(run.labels[i]), _classes_text(predicted[i])
             axes[row + 1, col].set_title(f"(l:{label}, p:{guess})", fontsize=7)
-    fig.suptitle("test inputs above their reconstructions (l: label, p: prediction)", fontsize=9)
+    title = "test inputs above their reconstructions (l: label, p: prediction)"
+    if model.targets > 1:
+        title += "; red: first, green: second predicted digit"
+    fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
 
@@ -152,9 +172,9 @@ def perturbation(run: LoadedRun, path: Path, index: int | None = None) -> Path:
     if model.decoder is None:
         raise ConfigError("this run has no decoder (model.reconstruction=false)")
     out = run.output
-    predicted = out.lengths.argmax(dim=1)  # (N,)
+    predicted = out.lengths.argmax(dim=1)  # (N,) the longest capsule (MultiMNIST: one digit)
     if index is None:
-        hits = torch.nonzero(predicted == run.labels).squeeze(1)
+        hits = torch.nonzero(correct_predictions(out.lengths, run.labels)).squeeze(1)
         index = int(hits[0]) if len(hits) else 0
     capsules = out.capsules[index]  # (K, D)
     dims, steps = capsules.shape[1], len(PERTURBATIONS)
@@ -176,7 +196,7 @@ def perturbation(run: LoadedRun, path: Path, index: int | None = None) -> Path:
     ax.set_yticklabels([f"dim {d}" for d in range(dims)], fontsize=6)
     ax.tick_params(length=0)
     fig.suptitle(
-        f"capsule {cls} of test image {index} (label {int(run.labels[index])}): "
+        f"capsule {cls} of test image {index} (label {_classes_text(run.labels[index])}): "
         "one dimension tweaked per row",
         fontsize=8,
     )
@@ -213,10 +233,11 @@ def coupling(run: LoadedRun, path: Path, index: int = 0) -> Path:
         ax.set_ylabel(f"iteration {k}", fontsize=7)
     axes[-1, 0].set_xlabel("primary capsule i (type-major: type x position)", fontsize=7)
     fig.colorbar(image, ax=axes[:, 0].tolist(), label="$c_{ij}$")
-    predicted = int(run.output.lengths[index].argmax())
+    scores = run.output.lengths[index : index + 1]  # (1, K)
+    predicted = _classes_text(predicted_classes(scores, model.targets))
     fig.suptitle(
         f"coupling coefficients of test image {index} "
-        f"(label {int(run.labels[index])}, predicted {predicted}), r = {r}",
+        f"(label {_classes_text(run.labels[index])}, predicted {predicted}), r = {r}",
         fontsize=8,
     )
     return _save(fig, path)

@@ -21,7 +21,15 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["train", "routing.iterations=two"], "could not be converted to Integer"),
     (["train", "routing.iter=3"], "unknown config key 'routing.iter'"),
     (["train", "+foo=1"], "Key 'foo' not in 'Config'"),
-    (["train", "dataset=svhn"], "unknown dataset 'svhn'; choose one of: cifar10, mnist"),
+    (
+        ["train", "dataset=svhn"],
+        "unknown dataset 'svhn'; choose one of: cifar10, mnist, multimnist",
+    ),
+    (
+        ["train", "dataset=multimnist", "dataset.shift=2"],
+        "dataset=multimnist is shifted when it is generated",
+    ),
+    (["train", "dataset=multimnist", "model=baseline_cnn"], "dataset=multimnist needs the CapsNet"),
     (["train", "dataset.name=svhn"], "unknown dataset 'svhn'"),
     (["train", "train.lr=-0.1"], "train.lr must be > 0"),
     (["train", "train.batch_size=0"], "train.batch_size must be > 0"),

@@ -27,6 +27,7 @@ from capsroute.config import DatasetConfig
 from capsroute.data import (
     DATASET_INFO,
     Augmentation,
+    Batch,
     ImageTensors,
     augment,
     balanced_subset,
@@ -615,8 +616,8 @@ def test_train_batches_shapes_dtype_range_and_last_partial_batch() -> None:
     split = toy_split(10)
     cfg = cfg_for("mnist", "unused", shift=2)
     batches = list(train_batches(split, cfg, 4, torch.Generator().manual_seed(0), CPU))
-    assert [len(y) for _, y in batches] == [4, 4, 2] and num_batches(10, 4) == 3
-    for x, y in batches:
+    assert [len(y) for _, y, _ in batches] == [4, 4, 2] and num_batches(10, 4) == 3
+    for x, y, _ in batches:
         assert x.dtype == torch.float32 and x.shape[1:] == (1, 28, 28)
         assert y.dtype == torch.int64 and x.device.type == "cpu"
         assert x.min() >= 0.0 and x.max() <= 1.0
@@ -625,14 +626,14 @@ def test_train_batches_shapes_dtype_range_and_last_partial_batch() -> None:
 def test_train_batches_without_augmentation_return_the_images() -> None:
     split = toy_split(9, channels=3, size=32)
     cfg = cfg_for("cifar10", "unused", shift=0)
-    for x, y in train_batches(split, cfg, 4, torch.Generator().manual_seed(1), CPU):
+    for x, y, _ in train_batches(split, cfg, 4, torch.Generator().manual_seed(1), CPU):
         assert torch.equal(x, split.images[y].float() / 255)
 
 
 def test_epoch_visits_every_example_once() -> None:
     split = toy_split(23, channels=3, size=32)
     cfg = cfg_for("cifar10", "unused", shift=2, crop=24, hflip=True)
-    seen = torch.cat([y for _, y in train_batches(split, cfg, 5, torch.Generator(), CPU)])
+    seen = torch.cat([y for _, y, _ in train_batches(split, cfg, 5, torch.Generator(), CPU)])
     assert torch.equal(torch.sort(seen).values, torch.arange(23))
 
 
@@ -640,7 +641,7 @@ def test_same_generator_seed_gives_identical_batches() -> None:
     split = toy_split(20, channels=3, size=32)
     cfg = cfg_for("cifar10", "unused", shift=2, crop=24, hflip=True)
 
-    def epoch(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(seed: int) -> list[Batch]:
         return list(train_batches(split, cfg, 8, torch.Generator().manual_seed(seed), CPU))
 
     first, second, other = epoch(5), epoch(5), epoch(6)
@@ -665,7 +666,7 @@ def test_augment_translation_is_a_zero_padded_shifted_copy() -> None:
 def test_train_batches_translate_by_the_offsets_drawn_from_the_generator() -> None:
     split = toy_split(12)
     cfg = cfg_for("mnist", "unused", shift=2)
-    x, y = next(iter(train_batches(split, cfg, 6, torch.Generator().manual_seed(3), CPU)))
+    x, y, _ = next(iter(train_batches(split, cfg, 6, torch.Generator().manual_seed(3), CPU)))
     replay = torch.Generator().manual_seed(3)  # draw order: permutation, then per-batch offsets
     assert torch.equal(torch.randperm(12, generator=replay)[:6], y)
     offsets = sample_augmentation(6, cfg, 28, replay).translate
@@ -680,7 +681,7 @@ def test_crop_and_flip_give_windows_of_the_source() -> None:
     split = toy_split(40, channels=3, size=32)
     cfg = cfg_for("cifar10", "unused", shift=0, crop=24, hflip=True)
     plain_at, mirrored_at = [], []
-    for x, y in train_batches(split, cfg, 16, torch.Generator().manual_seed(0), CPU):
+    for x, y, _ in train_batches(split, cfg, 16, torch.Generator().manual_seed(0), CPU):
         assert x.shape[1:] == (3, 24, 24)
         sources = split.images[y].float() / 255  # (B, 3, 32, 32)
         windows = sources.unfold(2, 24, 1).unfold(3, 24, 1)  # (B, 3, 9, 9, 24, 24)
@@ -715,10 +716,10 @@ def test_eval_batches_are_in_order_with_a_centre_crop() -> None:
     split = toy_split(10, channels=3, size=32)
     cfg = cfg_for("cifar10", "unused", shift=2, crop=24, hflip=True)
     batches = list(eval_batches(split, cfg, 4, CPU))
-    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(10))
-    x = torch.cat([x for x, _ in batches])
+    assert torch.equal(torch.cat([y for _, y, _ in batches]), torch.arange(10))
+    x = torch.cat([x for x, _, _ in batches])
     assert torch.equal(x, split.images[:, :, 4:28, 4:28].float() / 255)
-    uncropped = torch.cat([x for x, _ in eval_batches(split, cfg_for("cifar10", "u"), 3, CPU)])
+    uncropped = torch.cat([x for x, _, _ in eval_batches(split, cfg_for("cifar10", "u"), 3, CPU)])
     assert torch.equal(uncropped, split.images.float() / 255)
 
 
@@ -754,6 +755,6 @@ def test_augmented_batches_are_identical_on_cuda_and_cpu() -> None:
     for (x_cpu, y_cpu), (x_gpu, y_gpu) in zip(on_cpu, on_gpu, strict=True):
         assert x_gpu.device.type == "cuda"
         assert torch.equal(x_cpu, x_gpu.cpu()) and torch.equal(y_cpu, y_gpu.cpu())
-    evaluated_cpu = torch.cat([x for x, _ in eval_batches(split, cfg, 16, CPU)])
-    evaluated_gpu = torch.cat([x for x, _ in eval_batches(split, cfg, 16, cuda)])
+    evaluated_cpu = torch.cat([x for x, _, _ in eval_batches(split, cfg, 16, CPU)])
+    evaluated_gpu = torch.cat([x for x, _, _ in eval_batches(split, cfg, 16, cuda)])
     assert torch.equal(evaluated_cpu, evaluated_gpu.cpu())

@@ -33,7 +33,7 @@ def test_ensemble_averages_the_members_scores(tmp_path: Path, tiny_overrides: li
     def member_scores(run: Path) -> torch.Tensor:  # (128, 10) class-capsule lengths
         model = load_trained(run)[1]
         batches = eval_batches(test, config.dataset, 64, cpu)
-        return torch.cat([classify(model, images, cpu) for images, _ in batches])
+        return torch.cat([classify(model, images, cpu) for images, _, _ in batches])
 
     scores = [member_scores(run) for run in runs]
     mean = (scores[0] + scores[1]) / 2

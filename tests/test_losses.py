@@ -41,3 +41,19 @@ def test_total_loss_scales_reconstruction_by_0_0005() -> None:
     without = capsule_loss(lengths, None, images, labels, ModelConfig())
     assert without.reconstruction is None
     torch.testing.assert_close(without.total, without.margin)
+
+
+def test_two_target_margin_loss_counts_both_digits_as_present() -> None:
+    # labels {0, 2}: present 0.5 -> 0.16, present 0.95 -> 0; absent 0.3 -> 0.5*(0.2)^2 = 0.02
+    lengths = torch.tensor([[0.5, 0.3, 0.95]])
+    torch.testing.assert_close(margin_loss(lengths, torch.tensor([[0, 2]])), torch.tensor(0.18))
+    torch.testing.assert_close(margin_loss(lengths, torch.tensor([[2, 0]])), torch.tensor(0.18))
+
+
+def test_per_digit_reconstruction_loss_sums_both_digits() -> None:
+    """MultiMNIST: each digit's reconstruction (B, 2, P) against that digit alone."""
+    parts = torch.zeros(1, 2, 1, 2, 2)
+    parts[0, 1] = 1.0
+    recon = torch.tensor([[[0.5, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]]])
+    # digit 1: 0.25; digit 2: (1 - 0)^2 once -> 1.0; together 1.25
+    torch.testing.assert_close(reconstruction_loss(recon, parts), torch.tensor(1.25))

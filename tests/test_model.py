@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from capsroute.config import ModelConfig, RoutingConfig
-from capsroute.model import CapsNet
+from capsroute.model import CapsNet, correct_predictions
 
 
 def mnist_net(**model_overrides: object) -> CapsNet:
@@ -100,3 +100,29 @@ def test_iterations_can_be_overridden_per_call() -> None:
 def test_rejects_inputs_too_small_for_the_convolutions() -> None:
     with pytest.raises(ValueError, match="too small"):
         CapsNet((1, 12, 12), 10, ModelConfig(), RoutingConfig())
+
+
+def test_multimnist_net_has_3200_primary_capsules_and_decodes_each_digit() -> None:
+    """36x36 overlays: conv1 28x28, PrimaryCaps 10x10 x 32 types = 3,200 capsules; each of
+    the two digits is reconstructed on its own (B, 2, 1296), from its label's capsule or,
+    without labels, from the two longest capsules (best first)."""
+    torch.manual_seed(0)
+    net = CapsNet((1, 36, 36), 10, ModelConfig(), RoutingConfig(), targets=2)
+    assert net.digit.n_in == 3200
+    images = torch.rand(3, 1, 36, 36)
+    labels = torch.tensor([[1, 7], [0, 2], [9, 4]])
+    out = net(images, labels)
+    assert out.reconstruction is not None and out.reconstruction.shape == (3, 2, 1296)
+    assert net.decoder is not None
+    torch.testing.assert_close(out.reconstruction[:, 1], net.decoder(out.capsules, labels[:, 1]))
+    unlabelled = net(images)
+    top2 = out.lengths.topk(2, dim=1).indices
+    assert unlabelled.reconstruction is not None
+    torch.testing.assert_close(unlabelled.reconstruction, net.decoder(out.capsules, top2))
+
+
+def test_correct_predictions_one_label_is_the_argmax_two_labels_the_top_two() -> None:
+    scores = torch.tensor([[0.9, 0.8, 0.1], [0.9, 0.1, 0.8], [0.1, 0.9, 0.2]])
+    assert correct_predictions(scores, torch.tensor([0, 2, 1])).tolist() == [True, False, True]
+    pairs = torch.tensor([[1, 0], [0, 1], [1, 2]])  # order within a pair does not matter
+    assert correct_predictions(scores, pairs).tolist() == [True, False, True]

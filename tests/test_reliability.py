@@ -158,11 +158,11 @@ def poison_step(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> None:
     real_step = train_module.train_step
     calls = {"n": 0}
 
-    def step(step_fn, optimizer, scaler, images, labels, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def step(step_fn, optimizer, scaler, batch, *args, **kwargs):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         if calls["n"] == bad_step:
-            images = images * float("nan")
-        return real_step(step_fn, optimizer, scaler, images, labels, *args, **kwargs)
+            batch = batch._replace(images=batch.images * float("nan"))
+        return real_step(step_fn, optimizer, scaler, batch, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_step", step)
 
