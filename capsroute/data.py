@@ -16,6 +16,7 @@ what is wrong and what to do about it; raw torchvision / pickle exceptions never
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pickle
 from collections.abc import Iterator
@@ -834,7 +835,11 @@ def augment(images: Tensor, aug: Augmentation) -> Tensor:
     return out.masked_fill(~inside, 0)
 
 
-_UNIT_SCALE = torch.arange(256, dtype=torch.float32) / 255  # (256,) uint8 value -> [0, 1]
+@functools.cache
+def _unit_scale(device: torch.device) -> Tensor:
+    """(256,) float32 table uint8 value -> [0, 1], divided on the CPU, kept on `device` (one
+    copy per device for the whole process instead of a host-to-device copy per batch)."""
+    return (torch.arange(256, dtype=torch.float32) / 255).to(device)
 
 
 def _to_float(images: Tensor) -> Tensor:
@@ -844,8 +849,7 @@ def _to_float(images: Tensor) -> Tensor:
     multiplication by its reciprocal, which differs from CPU division in the last bit for some
     values. The result equals `images.cpu().float() / 255` exactly.
     """
-    table = _UNIT_SCALE.to(images.device)
-    return table[images.long()]
+    return _unit_scale(images.device)[images.long()]
 
 
 def _parts(data: ImageTensors, index: Tensor | slice, device: torch.device) -> Tensor | None:
