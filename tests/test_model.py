@@ -109,6 +109,7 @@ def test_multimnist_net_has_3200_primary_capsules_and_decodes_each_digit() -> No
     torch.manual_seed(0)
     net = CapsNet((1, 36, 36), 10, ModelConfig(), RoutingConfig(), targets=2)
     assert net.digit.n_in == 3200
+    assert net.parameter_counts()["total"] == 11_361_808  # the paper's "11.36M parameters"
     images = torch.rand(3, 1, 36, 36)
     labels = torch.tensor([[1, 7], [0, 2], [9, 4]])
     out = net(images, labels)
