@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from capsroute import routing
 from capsroute.routing import dynamic_routing, squash
 
 
@@ -157,3 +158,94 @@ def test_squash_gradient_is_finite_at_zero() -> None:
     (grad,) = torch.autograd.grad(v.sum(), s)
     assert torch.isfinite(v).all() and torch.isfinite(grad).all()
     assert torch.equal(grad, torch.zeros_like(grad))
+
+
+# --- CPU cache blocking: the batch routed in blocks gives what routing it at once gives -------
+
+
+def _route_all_outputs(u_hat, iterations, grad, bias, init_logits):
+    """v, c, the diagnostics and the gradients of û and the bias, as one tuple."""
+    result = dynamic_routing(u_hat, iterations, grad=grad, bias=bias, init_logits=init_logits)
+    weights = random_u_hat(tuple(result.v.shape), seed=4)
+    grads = torch.autograd.grad((result.v * weights).sum(), (u_hat, bias))
+    diagnostics = (result.delta_b, result.entropy, result.max_c, result.polarised, result.lengths)
+    return (result.v, result.c, *diagnostics, *grads)
+
+
+@pytest.mark.parametrize("grad", ["all", "last"])
+@pytest.mark.parametrize("iterations", [1, 3])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_blocked_routing_matches_unblocked(
+    monkeypatch: pytest.MonkeyPatch, iterations: int, grad: str, with_init: bool
+) -> None:
+    """Blocks of 2 examples of a batch of 5 (2 + 2 + 1, the last one partial)."""
+    u_hat = random_u_hat((5, 7, 4, 6)).requires_grad_(True)
+    per_example = 7 * 4 * 6 * u_hat.element_size()
+    bias = random_u_hat((4, 6), seed=2).requires_grad_(True)
+    init = random_u_hat((5, 7, 4), seed=3) if with_init else None
+    monkeypatch.setattr(routing, "CPU_BLOCK_BYTES", 2 * per_example + 1)
+    assert routing._cpu_block_size(u_hat) == 2
+    blocked = _route_all_outputs(u_hat, iterations, grad, bias, init)
+    monkeypatch.setattr(routing, "CPU_BLOCK_BYTES", None)
+    assert routing._cpu_block_size(u_hat) is None
+    whole = _route_all_outputs(u_hat, iterations, grad, bias, init)
+    for got, expected in zip(blocked, whole, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_blocked_gradient_has_the_layout_of_u_hat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DigitCaps hands over û as a permuted view of a (N_in, B, N_out, D) product: the blocked
+    backward writes its gradient in that layout (no transposing copy) and in value equals the
+    plain Procedure 1 gradient."""
+    monkeypatch.setattr(routing, "CPU_BLOCK_BYTES", 7 * 4 * 5 * 8)  # one example per block
+    memory = random_u_hat((7, 3, 4, 5)).requires_grad_(True)  # (N_in, B, N_out, D)
+    u_hat = memory.permute(1, 0, 2, 3)
+    result = dynamic_routing(u_hat, 3)
+    (grad,) = torch.autograd.grad(result.v.sum(), u_hat)
+    assert grad.stride() == u_hat.stride()
+    (expected,) = torch.autograd.grad(reference_routing(u_hat, 3)[0].sum(), u_hat)
+    torch.testing.assert_close(grad, expected)
+
+
+def test_blocked_gradcheck_float64(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routing, "CPU_BLOCK_BYTES", 2 * 5 * 3 * 4 * 8)  # blocks of 2, 1
+    u_hat = random_u_hat((3, 5, 3, 4)).requires_grad_(True)
+    bias = random_u_hat((3, 4), seed=5).requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda u, b: dynamic_routing(u, 3, diagnostics=False, bias=b).v, (u_hat, bias)
+    )
+
+
+def test_block_size_follows_the_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routing, "CPU_BLOCK_BYTES", 8 * 2**20)
+    mnist = torch.empty(128, 1152, 10, 16)  # 737,280 bytes per example in fp32
+    assert routing._cpu_block_size(mnist) == 11
+    assert routing._cpu_block_size(mnist.bfloat16()) == 22
+    assert routing._cpu_block_size(torch.empty(4, 1152, 10, 1024)) == 1  # never 0
+    assert routing._cpu_block_size(torch.empty(2, 3, 4, 5, device="meta")) is None
+
+
+def test_blocks_on_worker_threads_match_blocks_in_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    u_hat = random_u_hat((5, 7, 4, 6)).requires_grad_(True)
+    bias = random_u_hat((4, 6), seed=2).requires_grad_(True)
+    monkeypatch.setattr(routing, "CPU_BLOCK_BYTES", 7 * 4 * 6 * 8)  # 5 blocks
+    workers = _route_all_outputs(u_hat, 3, "all", bias, None)
+    monkeypatch.setattr(routing, "_block_pool", lambda: None)
+    caller = _route_all_outputs(u_hat, 3, "all", bias, None)
+    for got, expected in zip(workers, caller, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_block_workers_run_single_threaded_and_leave_the_caller_alone() -> None:
+    threads = torch.get_num_threads()
+    if threads < 2:
+        pytest.skip("one intra-op thread: blocks run in the caller")
+    pool = routing._block_pool()
+    if pool is None:
+        pytest.skip("this torch build has no per-thread intra-op thread count")
+    counts = list(pool.map(lambda _: torch.get_num_threads(), range(2 * threads)))
+    assert counts == [1] * len(counts)
+    assert torch.get_num_threads() == threads
+    assert routing._block_pool() is pool  # made once
