@@ -39,7 +39,8 @@ import torch
 from rich.table import Table
 
 from capsroute.config import Config, ModelConfig
-from capsroute.data import DATASET_INFO, Batch, ImageTensors, input_shape, train_batches
+from capsroute.data import Batch, input_shape, train_batches
+from capsroute.datasets import DATASET_INFO, ImageTensors
 from capsroute.device import (
     autocast,
     cpu_has_fast_bf16,

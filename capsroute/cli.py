@@ -351,7 +351,7 @@ def data_download(
     ] = None,
 ) -> None:
     """Download datasets (on a machine with network access, e.g. a login node)."""
-    from capsroute.data import download
+    from capsroute.datasets import download
     from capsroute.sweep import parse_dataset_list
 
     folder = _data_root(root)
@@ -368,7 +368,7 @@ def data_check(
     verify: Annotated[bool, typer.Option(help="Apply torchvision's md5 checks.")] = True,
 ) -> None:
     """Which datasets are present and loadable under the data root, with image counts."""
-    from capsroute.data import check
+    from capsroute.datasets import check
 
     folder = _data_root(root)
     statuses = check(folder, verify)

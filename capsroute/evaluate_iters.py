@@ -32,7 +32,8 @@ import torch
 from capsroute import rundir
 from capsroute.checkpoint import load_checkpoint
 from capsroute.config import Config, to_config, with_added_keys
-from capsroute.data import ImageTensors, Splits, make_splits
+from capsroute.data import Splits, make_splits
+from capsroute.datasets import ImageTensors
 from capsroute.errors import CheckpointError, ConfigError
 from capsroute.evaluation import evaluate
 from capsroute.model import CapsNet

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch
 
 from capsroute.config import DatasetConfig, ModelConfig
-from capsroute.data import ImageTensors, eval_batches
+from capsroute.data import eval_batches
+from capsroute.datasets import ImageTensors
 from capsroute.device import autocast
 from capsroute.model import CapsNet, correct_predictions, reseed_routing
 

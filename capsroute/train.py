@@ -35,7 +35,6 @@ from capsroute.baseline import BaselineCNN
 from capsroute.checkpoint import load_checkpoint, save_checkpoint
 from capsroute.config import Config, ModelConfig, config_to_dict, with_added_keys
 from capsroute.data import (
-    DATASET_INFO,
     Batch,
     Splits,
     input_shape,
@@ -43,6 +42,7 @@ from capsroute.data import (
     num_batches,
     train_batches,
 )
+from capsroute.datasets import DATASET_INFO
 from capsroute.device import (
     autocast,
     device_description,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from capsroute.config import DatasetConfig, ModelConfig, RoutingConfig
-from capsroute.data import ImageTensors
+from capsroute.datasets import ImageTensors
 from capsroute.errors import ConfigError
 from capsroute.evaluation import evaluate
 from capsroute.model import CapsNet

@@ -88,7 +88,7 @@ def test_unwritable_cache_is_a_data_error(tmp_path: Path) -> None:
 
 
 def test_plan_on_real_mnist_labels(data_root: Path) -> None:
-    from capsroute.data import load_split
+    from capsroute.datasets import load_split
 
     test = load_split(DatasetConfig(root=str(data_root)), train=False)
     plan = make_plan(test.labels, MultiMNISTSpec("test", size=10000, seed=0))
