@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -249,3 +252,99 @@ def test_block_workers_run_single_threaded_and_leave_the_caller_alone() -> None:
     assert counts == [1] * len(counts)
     assert torch.get_num_threads() == threads
     assert routing._block_pool() is pool  # made once
+
+
+# --- the compiled CPU kernel (float32): same results as the torch operations ---------------
+
+
+def _kernel_or_skip(u_hat: torch.Tensor) -> None:
+    if routing._cpu_kernel(u_hat, torch.zeros((), dtype=u_hat.dtype)) is None:
+        pytest.skip("no routing kernel here (no C compiler, or CAPSROUTE_ROUTING_KERNEL=0)")
+
+
+@pytest.mark.parametrize("shape", [(5, 37, 3, 8), (4, 70, 10, 16)])
+@pytest.mark.parametrize("iterations", [1, 2, 3, 5])
+@pytest.mark.parametrize("grad", ["all", "last"])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_kernel_matches_torch_operations(
+    monkeypatch: pytest.MonkeyPatch, shape, iterations: int, grad: str, with_init: bool
+) -> None:
+    """Odd sizes too: N_in not a multiple of the kernel's tiles or vectors, 3 parents, D = 8."""
+    batch, n_in, n_out, dim = shape
+    memory = random_u_hat((n_in, batch, n_out, dim), dtype=torch.float32)  # DigitCaps' layout
+    u_hat = memory.permute(1, 0, 2, 3).requires_grad_(True)
+    _kernel_or_skip(u_hat)
+    bias = random_u_hat((n_out, dim), dtype=torch.float32, seed=2).requires_grad_(True)
+    init = random_u_hat((batch, n_in, n_out), dtype=torch.float32, seed=3) if with_init else None
+    kernel = _route_all_outputs(u_hat, iterations, grad, bias, init)
+    monkeypatch.setattr(routing, "CPU_KERNEL", False)
+    torch_ops = _route_all_outputs(u_hat, iterations, grad, bias, init)
+    for got, expected in zip(kernel, torch_ops, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+def test_kernel_matches_plain_procedure_1_in_float64(iterations: int) -> None:
+    u64 = random_u_hat((3, 40, 10, 16)) * 0.5
+    u_hat = u64.float().requires_grad_(True)
+    _kernel_or_skip(u_hat)
+    weights = random_u_hat((3, 10, 16), seed=1)
+    result = dynamic_routing(u_hat, iterations)
+    (grad,) = torch.autograd.grad((result.v * weights.float()).sum(), u_hat)
+    u64.requires_grad_(True)
+    v_ref, c_ref, delta_ref = reference_routing(u64, iterations)
+    (grad_ref,) = torch.autograd.grad((v_ref * weights).sum(), u64)
+    torch.testing.assert_close(result.v.double(), v_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.c.double(), c_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(result.delta_b.double(), delta_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["digitcaps", "contiguous", "transposed"])
+def test_kernel_accepts_any_layout_and_returns_the_gradient_in_it(layout: str) -> None:
+    base = random_u_hat((4, 24, 10, 16), dtype=torch.float32)  # (B, I, J, D)
+    u_hat = {
+        "digitcaps": base.permute(1, 0, 2, 3).contiguous().permute(1, 0, 2, 3),
+        "contiguous": base,
+        "transposed": base.transpose(1, 2).contiguous().transpose(1, 2),  # rows not contiguous
+    }[layout].requires_grad_(True)
+    _kernel_or_skip(u_hat)
+    result = dynamic_routing(u_hat, 3)
+    (grad,) = torch.autograd.grad(result.v.sum(), u_hat)
+    assert grad.stride() == u_hat.stride() or layout == "transposed"
+    plain = base.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(reference_routing(plain, 3)[0].sum(), plain)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_without_a_compiler_the_torch_operations_route(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("CAPSROUTE_KERNEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(routing, "_kernels", {})
+    u_hat = random_u_hat((2, 9, 3, 8), dtype=torch.float32)
+    with caplog.at_level("WARNING", logger="capsroute"):
+        assert routing._cpu_kernel(u_hat, torch.zeros(())) is None
+        result = dynamic_routing(u_hat, 2)
+    assert "routing runs as torch operations" in caplog.text
+    torch.testing.assert_close(result.v.double(), reference_routing(u_hat.double(), 2)[0])
+
+
+def test_kernel_only_where_it_applies() -> None:
+    zero = torch.zeros(())
+    assert routing._cpu_kernel(random_u_hat((2, 9, 3, 5), dtype=torch.float32), zero) is None
+    assert routing._cpu_kernel(random_u_hat((2, 9, 3, 8)), zero.double()) is None  # float64
+    bf16 = random_u_hat((2, 9, 3, 8), dtype=torch.float32).bfloat16()
+    assert routing._cpu_kernel(bf16, zero) is None
+
+
+def test_kernel_compiles_where_there_is_a_c_compiler(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """Guards `_KERNEL_SOURCE` itself: with a compiler, a kernel built from scratch loads."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("CAPSROUTE_KERNEL_CACHE", str(tmp_path))
+    assert routing._build_kernel(3, 8) is not None
+    assert len(list(tmp_path.glob("routing-*.so"))) == 1
