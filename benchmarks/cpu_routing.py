@@ -1,4 +1,4 @@
-"""The CPU routing paths of `capsroute.routing`, measured in the same process.
+"""The CPU routing paths of `capsroute.routing_cpu`, measured in the same process.
 
     .venv/bin/python benchmarks/cpu_routing.py [--batch 128] [--steps 9] [--contend]
 
@@ -24,17 +24,17 @@ from collections.abc import Callable
 
 import torch
 
-from capsroute import routing
+from capsroute import routing, routing_cpu
 from capsroute.config import Config
 from capsroute.data import Batch
 from capsroute.device import grad_scaler
 from capsroute.train import build_model, setup_torch, train_step
 
 HOG = "import torch\na = torch.randn(512, 512)\nwhile True:\n    a = torch.tanh(a @ a)\n"
-# name: (routing.CPU_KERNEL, routing.CPU_BLOCK_BYTES)
+# name: (routing_cpu.CPU_KERNEL, routing_cpu.CPU_BLOCK_BYTES)
 VARIANTS = {
-    "kernel": (True, routing.CPU_BLOCK_BYTES),
-    "blocks": (False, routing.CPU_BLOCK_BYTES),
+    "kernel": (True, routing_cpu.CPU_BLOCK_BYTES),
+    "blocks": (False, routing_cpu.CPU_BLOCK_BYTES),
     "whole": (False, None),
 }
 
@@ -54,7 +54,7 @@ def alternate(fns: dict[str, Callable[[], object]], steps: int) -> dict[str, lis
 
 def with_path(path: tuple[bool, int | None], fn: Callable[[], object]) -> Callable[[], object]:
     def run() -> object:
-        routing.CPU_KERNEL, routing.CPU_BLOCK_BYTES = path
+        routing_cpu.CPU_KERNEL, routing_cpu.CPU_BLOCK_BYTES = path
         return fn()
 
     return run
@@ -85,10 +85,11 @@ def main() -> None:
 def run(config: Config, device: torch.device, batch: int, steps: int) -> None:
     torch.manual_seed(0)
     products = (torch.randn(1152, batch, 160) * 0.05).requires_grad_(True)  # DigitCaps' bmm
-    kernel = routing._cpu_kernel(products.view(1152, batch, 10, 16), torch.zeros(()))
+    kernel = routing_cpu._cpu_kernel(products.view(1152, batch, 10, 16), torch.zeros(()))
     print(
         f"batch {batch}, {torch.get_num_threads()} threads, {steps} rounds, blocks of "
-        f"{routing.CPU_BLOCK_BYTES} bytes of û, kernel {kernel or 'unavailable: kernel = blocks'}"
+        f"{routing_cpu.CPU_BLOCK_BYTES} bytes of û, "
+        f"kernel {kernel or 'unavailable: kernel = blocks'}"
     )
     bias = torch.zeros(10, 16, requires_grad=True)
     grad_v = torch.randn(batch, 10, 16)
