@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from cpu_routing import alternate  # run as a script: benchmarks/ is on sys.path
 from torch import Tensor
 
 from capsroute.config import Config
@@ -51,20 +51,6 @@ def use_einsum_routing(model: CapsNet) -> None:
         return einsum_routing(digit.predictions(u), r, digit.bias)
 
     digit.forward = forward  # type: ignore[method-assign]
-
-
-def alternate(fns: dict[str, Callable[[], object]], warmup: int, steps: int) -> dict[str, float]:
-    """Median seconds of each function, calls interleaved round by round."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(steps):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
@@ -112,10 +98,9 @@ def main() -> None:
                 "step capsroute": step("capsroute"),
                 "step einsum": step("einsum"),
             },
-            warmup=1,
-            steps=args.steps,
+            args.steps,
         )
-        for name, seconds in times.items():
+        for name, seconds in ((n, statistics.median(t)) for n, t in times.items()):
             base.setdefault(name, seconds)
             print(
                 f"r={r}  {name:18s} {1e3 * seconds:8.1f} ms  "
