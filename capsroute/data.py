@@ -159,9 +159,15 @@ def make_splits(cfg: DatasetConfig, seed: int, device: torch.device) -> Splits:
         if cfg.test_size is None
         else test_full.subset(balanced_subset(test_full.labels, cfg.test_size, seed + 1))
     )
+    splits = Splits(train=train, train_eval=_train_eval(train, cfg, seed), test=test, val=val)
+    return _placed(splits, cfg, device)
+
+
+def _train_eval(train: ImageTensors, cfg: DatasetConfig, seed: int) -> ImageTensors:
+    """The fixed subset of `train` evaluated each epoch: `balanced_subset(min(train_eval_size,
+    len(train)), seed + 2)`, balanced by the (first) label."""
     eval_size = min(cfg.train_eval_size, len(train))
-    train_eval = train.subset(balanced_subset(train.labels, eval_size, seed + 2))
-    return _placed(Splits(train=train, train_eval=train_eval, test=test, val=val), cfg, device)
+    return train.subset(balanced_subset(train.class_labels, eval_size, seed + 2))
 
 
 def _placed(splits: Splits, cfg: DatasetConfig, device: torch.device) -> Splits:
@@ -204,12 +210,10 @@ def _multimnist_splits(cfg: DatasetConfig, seed: int) -> Splits:
     train = generate(source.subset(pool), "train", cfg.train_size or MULTIMNIST_TRAIN_SIZE, seed)
     val = None
     if val_index is not None:
-        val = generate(source.subset(val_index), "val", cfg.val_size or 1, seed + 3)
+        val = generate(source.subset(val_index), "val", len(val_index), seed + 3)
     test_size = cfg.test_size or MULTIMNIST_TEST_SIZE
     test = generate(source_test, "test", test_size, MULTIMNIST_TEST_SEED)
-    eval_size = min(cfg.train_eval_size, len(train))
-    train_eval = train.subset(balanced_subset(train.class_labels, eval_size, seed + 2))
-    return Splits(train=train, train_eval=train_eval, test=test, val=val)
+    return Splits(train=train, train_eval=_train_eval(train, cfg, seed), test=test, val=val)
 
 
 # --------------------------------------------------------------------------------------------
