@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/compare_routing.py [--batch 128] [--steps 5] [--iters 1,3,5]
 
 For each r, times (a) routing alone, forward + backward from the real DigitCaps predictions,
-and (b) the whole training step (`capsroute.train.train_step`) of the MNIST CapsNet, once with
+and (b) the whole training step (`capsroute.run.train.train_step`) of the MNIST CapsNet, once with
 capsroute's `dynamic_routing` and once with the einsum version swapped into DigitCaps. The two
 implementations alternate step by step, so machine load hits both alike; medians are printed,
 with step(r) / step(r=1) per implementation. Synthetic data; CPU allocator tuned as in training.
@@ -20,11 +20,12 @@ from cpu_routing import alternate  # run as a script: benchmarks/ is on sys.path
 from torch import Tensor
 
 from capsroute.config import Config
-from capsroute.data import Batch
+from capsroute.data.batches import Batch
 from capsroute.device import grad_scaler, keep_cpu_memory_mapped
-from capsroute.model import CapsNet, DigitCaps
+from capsroute.nn import build_model
+from capsroute.nn.capsnet import CapsNet, DigitCaps
 from capsroute.routing import RoutingResult, dynamic_routing, squash
-from capsroute.train import build_model, train_step
+from capsroute.run.train import train_step
 
 
 def einsum_routing(u_hat: Tensor, iterations: int, bias: Tensor | None = None) -> RoutingResult:

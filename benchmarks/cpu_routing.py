@@ -1,9 +1,9 @@
-"""The CPU routing paths of `capsroute.routing_cpu`, measured in the same process.
+"""The CPU routing paths of `capsroute.routing.cpu`, measured in the same process.
 
     .venv/bin/python benchmarks/cpu_routing.py [--batch 128] [--steps 9] [--contend]
 
 Times (a) the routing alone, forward + backward, from û laid out as DigitCaps makes it, for
-r = 1, 3, 5, and (b) the whole training step (`capsroute.train.train_step`) of the MNIST
+r = 1, 3, 5, and (b) the whole training step (`capsroute.run.train.train_step`) of the MNIST
 CapsNet at r = 1 and r = 5, with each CPU path: `kernel` (the compiled kernel, the default),
 `blocks` (torch operations in cache-sized blocks on worker threads: the fallback without a C
 compiler) and `whole` (torch operations on the whole batch at once, as on CUDA and as before
@@ -24,11 +24,13 @@ from collections.abc import Callable
 
 import torch
 
-from capsroute import routing, routing_cpu
+from capsroute import routing
 from capsroute.config import Config
-from capsroute.data import Batch
+from capsroute.data.batches import Batch
 from capsroute.device import grad_scaler
-from capsroute.train import build_model, setup_torch, train_step
+from capsroute.nn import build_model
+from capsroute.routing import cpu as routing_cpu
+from capsroute.run.train import setup_torch, train_step
 
 HOG = "import torch\na = torch.randn(512, 512)\nwhile True:\n    a = torch.tanh(a @ a)\n"
 # name: (routing_cpu.CPU_KERNEL, routing_cpu.CPU_BLOCK_BYTES)

@@ -338,3 +338,42 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     container = OmegaConf.to_container(OmegaConf.structured(config), resolve=True)
     assert isinstance(container, dict)
     return container
+
+
+# Settings that may change between the first run and a resume without changing the results'
+# meaning: more epochs, where the data and outputs live, how progress is shown.
+RESUMABLE_KEYS = {
+    "train.epochs",
+    "train.progress",
+    "train.threads",
+    "train.eval_batch_size",
+    "train.compile",
+    "device",
+    "dataset.root",
+    "dataset.download",
+    "dataset.on_device",
+    "dataset.cache_dir",
+    "out_root",
+    "run_name",
+}
+
+
+def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old, new) for every leaf that differs between two plain config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [
+            item
+            for key in sorted(set(old) | set(new))
+            for item in config_diff(old.get(key), new.get(key), f"{prefix}{key}.")
+        ]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The keys (`key: old -> new`) that make a saved run's config differ from `current`,
+    beyond the `RESUMABLE_KEYS`; older runs' configs gain the keys added since."""
+    return [
+        f"{key}: {old!r} -> {new!r}"
+        for key, old, new in config_diff(with_added_keys(saved), current)
+        if key not in RESUMABLE_KEYS
+    ]

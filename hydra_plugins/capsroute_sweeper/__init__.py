@@ -3,13 +3,17 @@
 Hydra has no resume: its basic sweeper launches every point of the grid again, and Hydra then
 rewrites `.hydra/` and appends to the log in each run directory before the task even starts.
 `ResumableSweeper` expands the grid exactly as `BasicSweeper` does and drops the runs that
-`capsroute.sweep.pending_jobs` says are complete (or locked by another process) before any
-launcher sees them, so a completed run's files stay untouched and a SLURM re-run submits only
-the work that is left. Everything else (batching, `multirun.yaml`, launchers) is Hydra's own.
+`capsroute.study.sweep.plan.pending_jobs` says are complete (or locked by another process)
+before any launcher sees them, so a completed run's files stay untouched and a SLURM re-run
+submits only the work that is left. Everything else (batching, `multirun.yaml`, launchers) is
+Hydra's own.
 
 It lives in the `hydra_plugins` namespace because Hydra only instantiates plugins from there;
-`capsroute.sweep.register_sweeper` registers it explicitly, which also covers editable installs
-where Hydra's namespace scan does not see it.
+`capsroute.study.sweep.plan.register_sweeper` registers it explicitly, which also covers
+editable installs where Hydra's namespace scan does not see it. This is the one import circle
+in the package, and Hydra's plugin discovery forces it: the plugin must live outside
+`capsroute`, yet it needs the sweep planner, so it imports `capsroute.study.sweep.plan` lazily
+inside the method (the planner imports the plugin only when registering it).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ class ResumableSweeper(BasicSweeper):
     def split_arguments(  # type: ignore[override]  # instance method: needs the config loader
         self, overrides: list[Override], max_batch_size: int | None
     ) -> list[list[list[str]]]:
-        from capsroute.sweep import pending_jobs
+        from capsroute.study.sweep.plan import pending_jobs
 
         jobs = BasicSweeper.split_arguments(overrides, None)[0]
         assert self.hydra_context is not None and self.config is not None

@@ -1,0 +1,2 @@
+"""Dataset files (`files.py`), MultiMNIST generation (`multimnist.py`), and subsets, splits and
+on-device batches (`batches.py`)."""

@@ -1,0 +1,357 @@
+"""Find run directories under some paths and load the usable ones into tidy DataFrames.
+
+A run directory is any folder holding `summary.json` or `metrics.csv` (the layout
+`capsroute train` and `capsroute sweep` write). Each run is checked before it is used: a run
+that is still running, failed, was interrupted, or whose files are missing, damaged or
+inconsistent becomes one row of a warnings table instead of data, so one bad run never
+breaks a report and never silently biases an average.
+
+The config comes from `.hydra/config.yaml` (what Hydra saved), else from `summary.json`'s
+`config`. Swept axes are found from the data: `dataset.name`, `routing.iterations` and `seed`
+always, plus any other config key whose value differs between the usable runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from capsroute.config import with_added_keys
+from capsroute.io import read_json
+from capsroute.run import rundir
+
+# Keys that say where things live or how progress is shown, never what was trained.
+BOOKKEEPING_KEYS = frozenset(
+    {"dataset.root", "dataset.download", "train.progress", "out_root", "run_name"}
+)
+FIXED_AXES = {"dataset": "dataset.name", "r": "routing.iterations", "seed": "seed"}
+# How swept config keys read in legends and sentences (tables keep the config key itself).
+AXIS_LABELS = {
+    "routing.mode": "routing",
+    "routing.grad": "routing grad",
+    "routing.temperature": "temperature",
+    "model.digit_bias": "digit bias",
+    "dataset.val_size": "val size",
+}
+KEY_COLUMNS = ("run", "dataset", "r", "seed")
+# metrics.csv columns the report needs; the reconstruction columns may be empty (no decoder).
+REQUIRED_METRICS = (
+    "epoch",
+    "train_loss",
+    "train_eval_acc",
+    "test_acc",
+    "test_loss",
+    "epoch_seconds",
+    "images_per_s",
+)
+# `capsroute evaluate`'s optional per-run file (capsroute.evaluate_iters, not imported: torch).
+WARNING_COLUMNS = ("run", "status", "problem")
+
+
+class UnusableRunError(Exception):
+    """Why one run cannot be used; becomes a row of the warnings table."""
+
+    def __init__(self, problem: str, status: str = "damaged") -> None:
+        super().__init__(problem)
+        self.problem, self.status = problem, status
+
+
+@dataclass
+class Run:
+    """One usable run: its flattened config and its per-epoch and per-iteration rows."""
+
+    name: str
+    config: dict[str, Any]
+    metrics: pd.DataFrame
+    routing: pd.DataFrame
+    evals: pd.DataFrame = field(default_factory=pd.DataFrame)  # eval_iters.csv, may be empty
+
+
+@dataclass
+class RunSet:
+    """Everything loaded: tidy per-epoch and per-iteration tables, warnings, the extra axes.
+
+    `epochs` adds `test_error` (1 - test_acc) and `gap` (train_eval_acc - test_acc) to the
+    metrics.csv columns. `evals` holds the `capsroute evaluate` rows (eval_iters.csv) of the
+    runs that have them, at their last epoch; empty when none has.
+    """
+
+    epochs: pd.DataFrame
+    routing: pd.DataFrame
+    warnings: pd.DataFrame
+    axes: list[str] = field(default_factory=list)
+    found: int = 0
+    evals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # every used run's flattened config, by run name (e.g. for the paper's Table 1 layout)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def group_columns(self) -> list[str]:
+        """What a table row is: dataset, any extra swept axis, then r."""
+        return ["dataset", *self.axes, "r"]
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Every run directory at or below `paths`, sorted, without duplicates."""
+    found: set[Path] = set()
+    for path in paths:
+        found.update(_walk_runs(Path(path).resolve()))
+    return sorted(found)
+
+
+def _walk_runs(top: Path) -> Iterator[Path]:
+    for folder, subdirs, files in os.walk(top):
+        if rundir.SUMMARY_FILE in files or rundir.METRICS_FILE in files:
+            subdirs.clear()  # runs do not nest
+            yield Path(folder)
+        else:
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+
+
+def load_runs(paths: Iterable[Path]) -> RunSet:
+    """Load every run under `paths`; unusable runs go to `warnings` with the reason."""
+    paths = [Path(p).resolve() for p in paths]
+    dirs = find_run_dirs(paths)
+    runs: list[Run] = []
+    warnings: list[dict[str, str]] = []
+    for run_dir in dirs:
+        name = _display_name(run_dir, paths)
+        try:
+            runs.append(load_run(run_dir, name))
+        except UnusableRunError as unusable:
+            warnings.append({"run": name, "status": unusable.status, "problem": unusable.problem})
+    runs, duplicates = _drop_duplicates(runs)
+    warnings += duplicates
+    axes = swept_axes([run.config for run in runs])
+    epochs = _tidy([_with_keys(run, run.metrics, axes) for run in runs], axes)
+    if not epochs.empty:  # derived per-epoch columns the report plots
+        epochs = epochs.assign(
+            test_error=1.0 - epochs["test_acc"], gap=epochs["train_eval_acc"] - epochs["test_acc"]
+        )
+    with_evals = [run for run in runs if not run.evals.empty]
+    return RunSet(
+        epochs=epochs,
+        routing=_tidy([_with_keys(run, run.routing, axes) for run in runs], axes),
+        warnings=pd.DataFrame(warnings, columns=list(WARNING_COLUMNS)),
+        axes=axes,
+        found=len(dirs),
+        evals=_tidy([_with_keys(run, run.evals, axes) for run in with_evals], axes)
+        if with_evals
+        else pd.DataFrame(),
+        configs={run.name: run.config for run in runs},
+    )
+
+
+def _display_name(run_dir: Path, roots: list[Path]) -> str:
+    """A unique, short name: the path relative to the PATH (or the PATHs' common folder)."""
+    base = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
+    relative = run_dir.relative_to(base) if run_dir.is_relative_to(base) else run_dir
+    return run_dir.name if str(relative) == "." else str(relative)
+
+
+def load_run(run_dir: Path, name: str) -> Run:
+    """Read and check one run directory; raise `UnusableRunError(reason, status)` if unusable."""
+    summary = _read_summary(run_dir)
+    status = str(summary.get("status", "unknown"))
+    if status != rundir.STATUS_COMPLETED:
+        raise UnusableRunError(_status_problem(summary, status), status)
+    config = flatten(with_added_keys(_read_config(run_dir, summary)))
+    metrics = read_metrics(run_dir / rundir.METRICS_FILE, summary)
+    routing = read_routing(run_dir / rundir.ROUTING_FILE, metrics, config)
+    evals = read_evals(run_dir / rundir.EVAL_ITERS_FILE, int(metrics["epoch"].iloc[-1]))
+    return Run(name=name, config=config, metrics=metrics, routing=routing, evals=evals)
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / rundir.SUMMARY_FILE
+    if not path.exists():
+        raise UnusableRunError("summary.json missing (not started by capsroute, or damaged)")
+    try:
+        return read_json(path)
+    except (OSError, ValueError) as exc:
+        raise UnusableRunError(f"summary.json unreadable ({type(exc).__name__})") from exc
+
+
+def _status_problem(summary: dict[str, Any], status: str) -> str:
+    done, total = summary.get("epochs_completed", "?"), summary.get("epochs", "?")
+    if status == rundir.STATUS_RUNNING:
+        return f"still running ({done} of {total} epochs), or killed without cleaning up"
+    if status == rundir.STATUS_INTERRUPTED:
+        return f"interrupted after {done} of {total} epochs; run it again to resume"
+    if status == rundir.STATUS_FAILED:
+        return f"failed after {done} of {total} epochs: {summary.get('error') or 'no message'}"
+    return f"unknown status {status!r}"
+
+
+def _read_config(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.exists():
+        try:
+            loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+            if isinstance(loaded, dict):
+                return loaded
+        except Exception:
+            pass
+    config = summary.get("config")
+    if not isinstance(config, dict):
+        raise UnusableRunError(
+            "no config: .hydra/config.yaml and summary.json 'config' both missing"
+        )
+    return config
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`; lists become their text so they can group rows."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value) if isinstance(value, list) else value
+    return flat
+
+
+def read_metrics(path: Path, summary: dict[str, Any]) -> pd.DataFrame:
+    """metrics.csv, checked complete: every needed column numeric, epochs 1..n, n as promised."""
+    frame = _read_numeric_csv(path, REQUIRED_METRICS)
+    epochs = frame["epoch"].tolist()
+    if epochs != list(range(1, len(frame) + 1)):
+        raise UnusableRunError(f"{path.name} epochs are {epochs[:6]}..., not 1..{len(frame)}")
+    expected = summary.get("epochs_completed")
+    if expected != len(frame):
+        raise UnusableRunError(f"{path.name} has {len(frame)} epochs, summary.json says {expected}")
+    final = summary.get("final_test_acc")
+    if not isinstance(final, int | float) or not math.isclose(
+        final, frame["test_acc"].iloc[-1], rel_tol=1e-9, abs_tol=1e-12
+    ):
+        raise UnusableRunError(f"{path.name} last test_acc disagrees with summary.json ({final})")
+    return frame
+
+
+def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:
+    """routing.csv, checked to hold iterations 1..r for every epoch in metrics.csv.
+
+    A network without routing (`model.kind=baseline_cnn`) writes no rows: an empty frame.
+    """
+    if config.get("model.kind", "capsnet") != "capsnet":
+        return pd.DataFrame(columns=list(rundir.ROUTING_REQUIRED))
+    frame = _read_numeric_csv(path, rundir.ROUTING_REQUIRED)
+    r = config.get("routing.iterations")
+    for epoch in metrics["epoch"]:
+        iterations = frame.loc[frame["epoch"] == epoch, "iteration"].tolist()
+        if iterations != list(range(1, (r or 0) + 1)):
+            raise UnusableRunError(
+                f"{path.name} epoch {epoch} has iterations {iterations}, r is {r}"
+            )
+    return frame
+
+
+def read_evals(path: Path, last_epoch: int) -> pd.DataFrame:
+    """eval_iters.csv rows measured on the run's last epoch; empty if none are usable.
+
+    The file is optional and extra: a missing, damaged or stale one (the run trained on after
+    it was evaluated) never makes the run itself unusable.
+    """
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError):
+        return pd.DataFrame()
+    if frame.empty or any(column not in frame.columns for column in rundir.EVAL_REQUIRED):
+        return pd.DataFrame()
+    for column in frame.columns:
+        if column not in ("split", "mode"):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    frame = frame.dropna(subset=list(rundir.EVAL_REQUIRED))
+    frame = frame[frame["epoch"] == last_epoch].reset_index(drop=True)
+    frame["eval_r"] = frame["eval_r"].astype(int)
+    return frame
+
+
+def _read_numeric_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
+    if not path.exists():
+        raise UnusableRunError(f"{path.name} missing")
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        raise UnusableRunError(f"{path.name} unreadable ({type(exc).__name__})") from exc
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise UnusableRunError(f"{path.name} lacks column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise UnusableRunError(f"{path.name} has no rows")
+    for column in frame.columns:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    bad = frame[list(required)].isna().any(axis=1)
+    if bad.any():
+        row = int(bad.to_numpy().argmax()) + 1
+        raise UnusableRunError(
+            f"{path.name} row {row} is incomplete or not numeric (truncated file?)"
+        )
+    for column in ("epoch", "iteration"):
+        if column in frame.columns:
+            frame[column] = frame[column].astype(int)
+    return frame
+
+
+def _drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[dict[str, str]]]:
+    """Keep one run per identical config (e.g. a sweep reached by two PATHs, or a copy)."""
+    seen: dict[str, str] = {}
+    kept, warnings = [], []
+    for run in runs:
+        key = repr(sorted((k, repr(v)) for k, v in run.config.items() if k not in BOOKKEEPING_KEYS))
+        if key in seen:
+            problem = f"same config as {seen[key]}; counted once"
+            warnings.append({"run": run.name, "status": "duplicate", "problem": problem})
+        else:
+            seen[key] = run.name
+            kept.append(run)
+    return kept, warnings
+
+
+def swept_axes(configs: list[dict[str, Any]]) -> list[str]:
+    """Config keys, besides dataset/r/seed and bookkeeping, whose values differ between runs."""
+    keys = sorted({key for config in configs for key in config})
+    skip = BOOKKEEPING_KEYS | set(FIXED_AXES.values())
+    return [
+        key
+        for key in keys
+        if key not in skip and len({repr(config.get(key)) for config in configs}) > 1
+    ]
+
+
+def axis_label(axis: str, value: object) -> str:
+    """`routing.mode`, `uniform` -> `routing=uniform`: a swept value as legends show it."""
+    if isinstance(value, bool) or value in ("True", "False"):
+        value = "on" if value in (True, "True") else "off"
+    return f"{AXIS_LABELS.get(axis, axis)}={value}"
+
+
+def _with_keys(run: Run, frame: pd.DataFrame, axes: list[str]) -> pd.DataFrame:
+    keys = {column: run.config.get(key) for column, key in FIXED_AXES.items()}
+    keys.update({axis: run.config.get(axis) for axis in axes})
+    return frame.assign(run=run.name, **keys)
+
+
+def _tidy(frames: list[pd.DataFrame], axes: list[str]) -> pd.DataFrame:
+    """One frame: the run's keys and swept axes first, then the file's columns in file order.
+
+    An axis whose values are not all numbers (or holds None) becomes text, so it sorts.
+    """
+    if not frames:
+        return pd.DataFrame(columns=[*KEY_COLUMNS, *axes])
+    frame = pd.concat(frames, ignore_index=True)
+    for axis in axes:
+        values = frame[axis]
+        if values.isna().any() or not pd.api.types.is_numeric_dtype(values):
+            frame[axis] = values.astype(str)
+    front = [*KEY_COLUMNS, *axes]
+    return frame[[*front, *(c for c in frame.columns if c not in front)]]

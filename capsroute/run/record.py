@@ -1,0 +1,177 @@
+"""The run's record: `TrainState` (what a resume needs) and `summary.json` (status and headline
+numbers), written atomically by the training loop and, for runs that fail before training, by
+the sweep task. A completed run's summary is never overwritten by a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+import capsroute
+from capsroute.config import Config, config_to_dict
+from capsroute.data.batches import Splits
+from capsroute.device import device_description
+from capsroute.errors import CapsrouteError, RunDirError, one_line
+from capsroute.io import utc_now, write_json
+from capsroute.run import rundir
+
+log = logging.getLogger("capsroute")
+
+
+@dataclass
+class TrainState:
+    """What a resume needs beyond the weights: finished epochs and the rows written so far."""
+
+    epoch: int
+    step: int
+    metrics: list[dict[str, Any]]
+    routing: list[dict[str, Any]]
+    wall_seconds: float
+    skipped_steps: int = 0  # steps whose loss was not finite (train.nonfinite=skip)
+
+
+def new_summary(
+    config: Config, run_dir: Path, model: torch.nn.Module, device: torch.device, splits: Splits
+) -> dict[str, Any]:
+    """The static part of `summary.json`: what ran, where, on what."""
+    import torchvision
+
+    return {
+        "status": rundir.STATUS_RUNNING,
+        "run_dir": str(run_dir),
+        "dataset": config.dataset.name,
+        "iterations": config.routing.iterations,
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "parameters": model.parameter_counts(),
+        "data_sizes": {
+            "train": len(splits.train),
+            "train_eval": len(splits.train_eval),
+            "test": len(splits.test),
+        },
+        "device": str(device),
+        "device_name": device_description(device),
+        "precision": config.train.precision,
+        "versions": {
+            "capsroute": capsroute.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+        },
+        "started_at": utc_now(),
+        "config": config_to_dict(config),
+    }
+
+
+def write_summary(
+    summary: dict[str, Any],
+    state: TrainState,
+    status: str,
+    run_dir: Path,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """Fill the numbers from `state` into `summary` and write `summary.json` atomically."""
+    summary.update(status=status, updated_at=utc_now(), epochs_completed=state.epoch)
+    summary["wall_seconds"] = state.wall_seconds
+    summary["skipped_steps"] = state.skipped_steps
+    summary["error"] = error
+    if state.metrics:
+        last = state.metrics[-1]
+        best = max(state.metrics, key=lambda row: row["test_acc"])  # best-on-test (optimistic)
+        summary.update(
+            final_test_acc=last["test_acc"],
+            final_test_error=1.0 - last["test_acc"],
+            final_train_eval_acc=last["train_eval_acc"],
+            best_test_acc=best["test_acc"],
+            best_epoch=best["epoch"],
+            best_epoch_by="test",
+        )
+        if last.get("val_acc") is not None:  # choose the epoch on validation, report test there
+            chosen = max(state.metrics, key=lambda row: row["val_acc"])  # first highest
+            summary.update(
+                best_epoch=chosen["epoch"],
+                best_epoch_by="val",
+                best_val_acc=chosen["val_acc"],
+                test_acc_at_best=chosen["test_acc"],
+            )
+        patience = summary.get("config", {}).get("train", {}).get("early_stopping_patience")
+        summary["stopped_early"] = state.epoch < summary.get("epochs", 0) and stops_early(
+            state.metrics, patience
+        )
+    write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    return summary
+
+
+def record_stop(
+    summary: dict[str, Any], state: TrainState, status: str, run_dir: Path, error: str
+) -> None:
+    """Mark the run interrupted or failed, without masking the original error if even that
+    write fails (e.g. on a full disk)."""
+    try:
+        write_summary(summary, state, status, run_dir, error=error)
+    except (OSError, CapsrouteError) as exc:
+        log.error("could not record status %s in %s: %s", status, run_dir, one_line(exc))
+
+
+def stops_early(metrics: list[dict[str, Any]], patience: int | None) -> bool:
+    """Whether `patience` epochs have passed since the first highest validation accuracy.
+
+    Decided from the recorded rows alone, so a resumed or re-run early-stopped run stops at the
+    same epoch instead of training on.
+    """
+    if patience is None or not metrics or metrics[-1].get("val_acc") is None:
+        return False
+    best = max(range(len(metrics)), key=lambda i: (metrics[i]["val_acc"], -i))
+    return len(metrics) - 1 - best >= patience
+
+
+def finish_summary(
+    summary: dict[str, Any], state: TrainState, status: str, run_dir: Path
+) -> dict[str, Any]:
+    summary["finished_at"] = utc_now()
+    return write_summary(summary, state, status, run_dir)
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, exc: BaseException) -> dict[str, Any]:
+    """Mark the run failed in its `summary.json`, with the error, under the run's lock.
+
+    `train_run` already does this for failures during training; this covers the ones before
+    it writes a summary (missing data, a bad checkpoint, a config error). A completed run's
+    summary is never overwritten, and a run locked by another process is left alone.
+    """
+    error = one_line(exc)
+    try:
+        with rundir.run_lock(run_dir):
+            summary = rundir.read_summary(run_dir)
+            if summary.get("status") == rundir.STATUS_COMPLETED:
+                return {"run_dir": str(run_dir), "status": rundir.STATUS_FAILED, "error": error}
+            if not (summary.get("status") == rundir.STATUS_FAILED and summary.get("error")):
+                summary = {**failure_summary(run_dir, cfg), **summary}
+                summary.update(status=rundir.STATUS_FAILED, error=error, updated_at=utc_now())
+                write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    except (RunDirError, OSError) as lock_exc:
+        log.error("%s: could not record the failure: %s", run_dir, one_line(lock_exc))
+    return {"run_dir": str(run_dir), "status": rundir.STATUS_FAILED, "error": error}
+
+
+def failure_summary(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+    """The fields a run's summary has even when it failed before training started."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    return {
+        "status": rundir.STATUS_FAILED,
+        "run_dir": str(run_dir),
+        "dataset": OmegaConf.select(cfg, "dataset.name", default=None),
+        "iterations": OmegaConf.select(cfg, "routing.iterations", default=None),
+        "seed": OmegaConf.select(cfg, "seed", default=None),
+        "epochs": OmegaConf.select(cfg, "train.epochs", default=None),
+        "epochs_completed": 0,
+        "started_at": utc_now(),
+        "config": plain,
+    }

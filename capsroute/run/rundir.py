@@ -1,0 +1,159 @@
+"""The run directory on disk: every file name and column list of a run, its lock and statuses.
+
+Layout (written as the run goes): `.hydra/` (Hydra's resolved config and overrides),
+`metrics.csv` (one row per epoch), `routing.csv` (one row per epoch and routing iteration),
+`summary.json` (status and headline numbers), `checkpoint.pt` and `capsroute.log`.
+Every file is replaced atomically (`capsroute.io`), so a crash at any moment leaves either the
+old or the new version, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from capsroute.errors import RunDirError
+from capsroute.io import os_reason, read_json
+
+METRICS_FILE = "metrics.csv"
+ROUTING_FILE = "routing.csv"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+LOCK_FILE = ".lock"
+# `capsroute evaluate` (a trained run at other r) and `capsroute ensemble` (a folder of runs)
+EVAL_ITERS_FILE = "eval_iters.csv"
+EVAL_ROUTING_FILE = "eval_routing.csv"
+ENSEMBLE_FILE = "ensemble.json"
+
+# metrics.csv: one row per epoch, in this column order.
+METRICS_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_margin_loss",
+    "train_recon_loss",
+    "train_acc",
+    "train_eval_acc",
+    "train_eval_loss",
+    "test_acc",
+    "test_loss",
+    "test_margin_loss",
+    "test_recon_loss",
+    "val_acc",
+    "val_loss",
+    "lr",
+    "epoch_seconds",
+    "images_per_s",
+    "eval_seconds",
+)
+# routing.csv: one row per epoch and routing iteration. Runs written before the polarisation and
+# flip diagnostics existed have only the required columns.
+ROUTING_REQUIRED = ("epoch", "iteration", "delta_b", "entropy", "max_c")
+ROUTING_COLUMNS = (*ROUTING_REQUIRED, "polarised", "flip")
+# eval_iters.csv: one row per split x mode x eval r; eval_routing.csv: per routing iteration.
+# The report needs the required columns only.
+EVAL_COLUMNS = (
+    "epoch",
+    "split",
+    "mode",
+    "train_r",
+    "eval_r",
+    "images",
+    "accuracy",
+    "loss",
+    "margin_loss",
+    "recon_loss",
+    "entropy",
+    "max_c",
+    "polarised",
+    "flip_first",
+    "recorded_acc",
+    "seconds",
+)
+EVAL_ROUTING_COLUMNS = (
+    "epoch",
+    "split",
+    "mode",
+    "eval_r",
+    "iteration",
+    "delta_b",
+    "entropy",
+    "max_c",
+    "polarised",
+    "flip",
+)
+EVAL_REQUIRED = ("epoch", "eval_r", "accuracy")
+
+STATUS_RUNNING = "running"
+STATUS_COMPLETED = "completed"
+STATUS_FAILED = "failed"
+STATUS_INTERRUPTED = "interrupted"
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create `run_dir` and prove it is writable, with a one-line error if it is not."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        reason = os_reason(exc)
+        raise RunDirError(
+            f"cannot write to output directory {run_dir} ({reason}); "
+            "choose another with out_root=DIR or hydra.run.dir=DIR"
+        ) from exc
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `run_dir` so that two processes never train into it at once.
+
+    The lock is an `flock` on `run_dir/.lock`: the kernel releases it when the holder exits,
+    even after SIGKILL, so a stale lock never blocks a resume.
+    """
+    handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115 (held for the whole block)
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise RunDirError(
+                f"run directory {run_dir} is in use by {holder}; wait for it to finish "
+                "or pick another run_name"
+            ) from exc
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's `summary.json`, or {} when it is missing or unreadable."""
+    try:
+        return read_json(run_dir / SUMMARY_FILE)
+    except (OSError, ValueError):
+        return {}
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds `run_dir`'s lock (see `run_lock`), or None; opens the file read-only."""
+    path = run_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return path.read_text(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # closing releases a lock we may have taken
+    return None

@@ -1,0 +1,409 @@
+"""The training loop: one run from config to a complete, resumable run directory.
+
+`train_run(config, run_dir)` is the whole path: set up the device and seeds, load the data as
+tensors, build the CapsNet, resume from `checkpoint.pt` if there is one, then per epoch train,
+evaluate (train-eval subset, validation split if any, and test set, routing diagnostics on the
+test set), and write `metrics.csv`, `routing.csv`, `checkpoint.pt` and `summary.json`, each
+atomically. With a validation split, the best epoch (and early stopping, if asked for) is chosen
+on it, never on the test set.
+Shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run
+repeats exactly the epochs an uninterrupted one would have run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from capsroute.config import Config, ModelConfig, config_to_dict, resume_conflicts
+from capsroute.data.batches import (
+    Batch,
+    Splits,
+    make_splits,
+    num_batches,
+    train_batches,
+)
+from capsroute.device import (
+    autocast,
+    grad_scaler,
+    keep_cpu_memory_mapped,
+    resolve_device,
+)
+from capsroute.errors import CapsrouteError, CheckpointError, one_line
+from capsroute.io import write_csv
+from capsroute.nn import build_model
+from capsroute.nn.capsnet import CapsNet, CapsNetOutput, correct_predictions, reseed_routing
+from capsroute.nn.losses import LossParts
+from capsroute.run import rundir
+from capsroute.run.checkpoint import load_checkpoint, save_checkpoint
+from capsroute.run.evaluate import EvalResult, evaluate
+from capsroute.run.record import (
+    TrainState,
+    finish_summary,
+    new_summary,
+    record_stop,
+    stops_early,
+    write_summary,
+)
+
+log = logging.getLogger("capsroute")
+
+
+class NonFiniteLossError(CapsrouteError):
+    """The training loss became NaN or infinite."""
+
+
+class InterruptedRunError(CapsrouteError):
+    """SIGINT or SIGTERM arrived; the run stopped at its last complete checkpoint."""
+
+    code = 130
+
+
+def train_run(config: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
+    """Train (or resume, or confirm complete) the run in `run_dir`; return its summary."""
+    run_dir = Path(run_dir)
+    rundir.ensure_writable(run_dir)
+    with rundir.run_lock(run_dir):
+        return _train_locked(config, run_dir, console or Console(stderr=True))
+
+
+def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, Any]:
+    device = setup_torch(config)
+    checkpoint_path = run_dir / rundir.CHECKPOINT_FILE
+    checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
+    if checkpoint is not None:
+        check_resumable(checkpoint["config"], config_to_dict(config), checkpoint_path)
+    splits = make_splits(config.dataset, config.seed, device)
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: config.train.lr_decay_rate ** (step / config.train.lr_decay_steps)
+    )
+    scaler = grad_scaler(device, config.train.precision)
+    state = TrainState(epoch=0, step=0, metrics=[], routing=[], wall_seconds=0.0)
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state = TrainState(**checkpoint["state"])
+        log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
+    step_fn = torch.compile(model) if config.train.compile else model
+    summary = new_summary(config, run_dir, model, device, splits)
+    patience = config.train.early_stopping_patience
+    if state.epoch >= config.train.epochs or stops_early(state.metrics, patience):
+        log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
+        return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+    write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+    try:
+        with stop_on_signals():
+            for epoch in range(state.epoch + 1, config.train.epochs + 1):
+                started = time.perf_counter()
+                row, routing_rows = run_epoch(
+                    config, epoch, model, step_fn, optimizer, schedule, scaler, splits, device,
+                    state, console,
+                )  # fmt: skip
+                state.epoch = epoch
+                state.metrics.append(row)
+                state.routing.extend(routing_rows)
+                state.wall_seconds += time.perf_counter() - started
+                save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
+                write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+                log.info(epoch_line(row, config.train.epochs))
+                if stops_early(state.metrics, patience):
+                    log.info("no better validation accuracy for %d epochs: stopping", patience)
+                    break
+    except InterruptedRunError as exc:
+        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
+        raise
+    except KeyboardInterrupt as exc:
+        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")
+        raise InterruptedRunError(
+            f"interrupted after epoch {state.epoch}; run the same command to resume"
+        ) from exc
+    except Exception as exc:
+        record_stop(summary, state, rundir.STATUS_FAILED, run_dir, one_line(exc))
+        raise
+    return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+
+
+def setup_torch(config: Config) -> torch.device:
+    """Threads, determinism and the device, before any tensor is made."""
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    if config.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        # determinism does not need new tensors pre-filled with NaN (~10% of a CPU step)
+        torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        keep_cpu_memory_mapped()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.train.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return device
+
+
+def check_resumable(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint trained with a different config (a silent mix is worse)."""
+    changed = resume_conflicts(saved, current)
+    if changed:
+        raise CheckpointError(
+            f"{path} was trained with a different config ({'; '.join(changed[:3])}); "
+            "use another run_name=... for the new config, or move the old run away"
+        )
+
+
+def train_step(
+    step_fn: Callable[..., CapsNetOutput],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    batch: Batch,
+    model_cfg: ModelConfig,
+    device: torch.device,
+    precision: str,
+    skip_nonfinite: bool = False,
+) -> tuple[CapsNetOutput, LossParts]:
+    """One optimisation step: forward (autocast), margin + reconstruction loss, backward, Adam.
+
+    `batch` (images float in [0, 1], labels) is on `device`. The same code runs in
+    `run_epoch` and in `capsroute bench`, so the benchmark times exactly what training does.
+    Nothing here reads a value back to the host: on CUDA the step never waits for the GPU,
+    except with `skip_nonfinite`, which must look at the loss before updating the weights.
+    """
+    with autocast(device, precision):
+        out = step_fn(batch.images, batch.labels)
+        parts = out.loss(batch.recon_target, batch.labels, model_cfg)
+    optimizer.zero_grad(set_to_none=True)
+    if skip_nonfinite and not bool(torch.isfinite(parts.total)):
+        return out, parts
+    scaler.scale(parts.total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return out, parts
+
+
+def run_epoch(
+    config: Config,
+    epoch: int,
+    model: CapsNet,
+    step_fn: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    splits: Splits,
+    device: torch.device,
+    state: TrainState,
+    console: Console,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One pass over the training set, then evaluation; returns the metrics and routing rows."""
+    train, dataset = config.train, config.dataset
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
+    reseed_routing(model, config.seed * 1_000_003 + epoch + 500_000)  # routing.mode=random
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, margin, recon, correct
+    batches = num_batches(len(splits.train), train.batch_size)
+    lr = optimizer.param_groups[0]["lr"]
+    skip = train.nonfinite == "skip"
+    first_bad_step = torch.full((), -1, dtype=torch.long, device=device)  # stays on the device
+    model.train()
+    seen = 0
+    started = time.perf_counter()
+    with epoch_progress(console, epoch, config.train.epochs, batches, train.progress) as advance:
+        for batch in train_batches(splits.train, dataset, train.batch_size, generator, device):
+            out, parts = train_step(
+                step_fn,
+                optimizer,
+                scaler,
+                batch,
+                config.model,
+                device,
+                train.precision,
+                skip_nonfinite=skip,
+            )
+            schedule.step()
+            state.step += 1
+            if skip and not bool(torch.isfinite(parts.total)):
+                state.skipped_steps += 1
+                log.warning("non-finite loss at step %d skipped (train.nonfinite=skip)", state.step)
+                continue
+            bad = ~torch.isfinite(parts.total) & (first_bad_step < 0)
+            first_bad_step = torch.where(bad, state.step, first_bad_step)
+            n = batch.labels.shape[0]
+            recon = parts.reconstruction if parts.reconstruction is not None else parts.margin * 0
+            totals += torch.stack(
+                [
+                    parts.total.detach().double() * n,
+                    parts.margin.detach().double() * n,
+                    recon.detach().double() * n,
+                    correct_predictions(out.scores, batch.labels).sum().double(),
+                ]
+            )
+            seen += n
+            advance(totals[0] / seen, state.step)
+    train_seconds = time.perf_counter() - started
+    loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
+    if not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"training loss became {loss} in epoch {epoch} at step {int(first_bad_step)}; the "
+            "last good checkpoint is kept: lower train.lr, use train.precision=fp32, or skip "
+            "such steps with train.nonfinite=skip"
+        )
+    eval_started = time.perf_counter()
+    eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
+    train_eval = evaluate(model, splits.train_eval, *eval_args)
+    val = evaluate(model, splits.val, *eval_args) if splits.val is not None else None
+    test = evaluate(model, splits.test, *eval_args, diagnostics=True)
+    eval_seconds = time.perf_counter() - eval_started
+    row = metrics_row(epoch, loss, margin, recon, correct, train_eval, test, lr, config, val)
+    row.update(
+        epoch_seconds=train_seconds,
+        images_per_s=len(splits.train) / train_seconds,
+        eval_seconds=eval_seconds,
+    )
+    routing_rows = [{"epoch": epoch, **r} for r in test.routing]
+    return row, routing_rows
+
+
+def metrics_row(
+    epoch: int,
+    loss: float,
+    margin: float,
+    recon: float,
+    correct: float,
+    train_eval: EvalResult,
+    test: EvalResult,
+    lr: float,
+    config: Config,
+    val: EvalResult | None = None,
+) -> dict[str, Any]:
+    """One `metrics.csv` row; the reconstruction columns are empty without a decoder, the
+    validation columns without a validation split."""
+    has_decoder = config.model.reconstruction
+    return {
+        "epoch": epoch,
+        "train_loss": loss,
+        "train_margin_loss": margin,
+        "train_recon_loss": recon if has_decoder else None,
+        "train_acc": correct,
+        "train_eval_acc": train_eval.accuracy,
+        "train_eval_loss": train_eval.loss,
+        "test_acc": test.accuracy,
+        "test_loss": test.loss,
+        "test_margin_loss": test.margin_loss,
+        "test_recon_loss": test.recon_loss,
+        "val_acc": val.accuracy if val is not None else None,
+        "val_loss": val.loss if val is not None else None,
+        "lr": lr,
+    }
+
+
+@contextmanager
+def epoch_progress(
+    console: Console, epoch: int, epochs: int, batches: int, enabled: bool
+) -> Iterator[Any]:
+    """A rich progress bar on a terminal; plain log lines at every 10% elsewhere.
+
+    Yields `advance(running_loss_tensor, step)`. The loss is read from the device only every
+    `_LOSS_EVERY` steps, so the training step never waits on the host.
+    """
+    label = f"epoch {epoch}/{epochs}"
+    done = 0
+    if enabled and console.is_terminal:
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(label, total=batches, loss="-")
+
+            def advance(loss: torch.Tensor, step: int) -> None:
+                fields = {"loss": f"{loss.item():.4f}"} if step % _LOSS_EVERY == 0 else {}
+                progress.update(task, advance=1, **fields)
+
+            yield advance
+        return
+    marks = {max(1, round(batches * k / 10)) for k in range(1, 10)} if enabled else set()
+
+    def advance(loss: torch.Tensor, step: int) -> None:
+        nonlocal done
+        done += 1
+        if done in marks:
+            log.info("%s: %d/%d batches, mean loss %.4f", label, done, batches, loss.item())
+
+    yield advance
+
+
+_LOSS_EVERY = 20
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The one-line epoch summary."""
+    return (
+        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+        f"train {100 * row['train_acc']:.2f}%  train-eval {100 * row['train_eval_acc']:.2f}%  "
+        f"test {100 * row['test_acc']:.2f}% (loss {row['test_loss']:.4f})  "
+        f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+    )
+
+
+def save_epoch(
+    run_dir: Path,
+    state: TrainState,
+    model: CapsNet,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    config: Config,
+) -> None:
+    """Write the result files, then the checkpoint that makes them the resume point."""
+    write_csv(run_dir / rundir.METRICS_FILE, state.metrics, rundir.METRICS_COLUMNS)
+    write_csv(run_dir / rundir.ROUTING_FILE, state.routing, rundir.ROUTING_COLUMNS)
+    save_checkpoint(
+        run_dir / rundir.CHECKPOINT_FILE,
+        {
+            "config": config_to_dict(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": vars(state),
+        },
+    )
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM (what SLURM sends before pre-emption) into the same stop as Ctrl-C."""
+
+    def handler(signum: int, _frame: object) -> None:
+        raise InterruptedRunError(
+            f"stopped by {signal.Signals(signum).name}; run the same command to resume"
+        )
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. a launcher's worker thread)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

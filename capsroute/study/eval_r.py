@@ -1,0 +1,343 @@
+"""`capsroute evaluate`: one trained network, measured at several evaluation r.
+
+Training r and evaluation r are separate questions: a network trained with r = 3 can route
+its test images with r = 1, 2, 5 or 7 (the number of iterations is an argument of the
+forward pass, not a parameter). `evaluate_run` loads a run's checkpoint (`weights_only`) and
+config, rebuilds its data splits from the seed, and evaluates the split at every requested r
+with dynamic routing, plus, for a run trained with a control (`routing.mode=uniform|random`),
+at the run's own mode. Each evaluation records accuracy, the loss parts and the routing
+diagnostics of `capsroute.run.evaluate.evaluate`.
+
+Rows go to `RUN_DIR/eval_iters.csv` (one per split x mode x eval r) and the per-iteration
+diagnostics to `RUN_DIR/eval_routing.csv`, both replaced atomically and merged with the rows
+of earlier calls for the same checkpoint epoch (so `--split val` then `--split test` keeps
+both). Evaluating at the run's own mode and r, on the same device, batch size and precision,
+repeats the computation of the run's last epoch, so it reproduces the recorded accuracy
+exactly; the `recorded_acc` column holds that recorded number for the comparison.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from capsroute.config import Config, to_config, with_added_keys
+from capsroute.data.batches import Splits, make_splits
+from capsroute.data.files import ImageTensors
+from capsroute.errors import CheckpointError, ConfigError
+from capsroute.io import write_csv
+from capsroute.nn.capsnet import CapsNet
+from capsroute.run import rundir
+from capsroute.run.checkpoint import load_checkpoint
+from capsroute.run.evaluate import evaluate
+from capsroute.run.rundir import (
+    EVAL_COLUMNS,
+    EVAL_ITERS_FILE,
+    EVAL_ROUTING_COLUMNS,
+    EVAL_ROUTING_FILE,
+)
+
+SPLITS = ("test", "val", "train")
+DEFAULT_ITERS = (1, 2, 3, 5, 7)
+# The metrics.csv column that recorded each split's accuracy during training.
+RECORDED_COLUMN = {"test": "test_acc", "val": "val_acc", "train": "train_eval_acc"}
+
+
+@dataclass
+class RunEvaluation:
+    """What `evaluate_run` measured for one run directory.
+
+    rows: the eval_iters.csv rows written by this call; routing_rows: their per-iteration
+    diagnostics. `reference` is the row at the run's own mode and training r (None if that r
+    was not asked for), whose `accuracy` must equal its `recorded_acc`.
+    """
+
+    run_dir: Path
+    epoch: int
+    train_r: int
+    mode: str
+    split: str
+    rows: list[dict[str, Any]]
+    routing_rows: list[dict[str, Any]]
+
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        own_r = self.train_r if self.mode == "dynamic" else 1
+        return next(
+            (row for row in self.rows if row["mode"] == self.mode and row["eval_r"] == own_r),
+            None,
+        )
+
+
+def check_run_dir(run_dir: Path) -> Path:
+    """The run directory's checkpoint path; `ConfigError` when the folder or file is missing."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"no such run directory: {run_dir}")
+    checkpoint = run_dir / rundir.CHECKPOINT_FILE
+    if not checkpoint.is_file():
+        raise CheckpointError(
+            f"{run_dir} holds no {rundir.CHECKPOINT_FILE}: not a run directory, or no epoch "
+            "has finished yet"
+        )
+    return checkpoint
+
+
+def load_run_config(checkpoint: dict[str, Any], path: Path) -> Config:
+    """The typed config a checkpoint was trained with (keys added since filled with defaults)."""
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds no config; it cannot be evaluated")
+    return to_config(with_added_keys(saved))
+
+
+def evaluate_run(
+    run_dir: Path,
+    iters: Sequence[int] = DEFAULT_ITERS,
+    split: str = "test",
+    device: str | None = None,
+    data_root: Path | None = None,
+) -> RunEvaluation:
+    """Evaluate the checkpoint in `run_dir` at every r of `iters` on `split`; write the CSVs.
+
+    `device` and `data_root` override the run's own settings (its config's `device`, e.g.
+    `auto`, and `dataset.root`); exact reproduction of recorded numbers needs the device type
+    the run was trained on. Holds the run directory's lock, so a run being trained is refused.
+    """
+    from capsroute.nn import build_model
+    from capsroute.run.train import setup_torch  # train imports rich/torch pieces
+
+    run_dir = Path(run_dir)
+    checkpoint_path = check_run_dir(run_dir)
+    with rundir.run_lock(run_dir):
+        checkpoint = load_checkpoint(checkpoint_path)
+        config = load_run_config(checkpoint, checkpoint_path)
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
+        if data_root is not None:
+            config.dataset = dataclasses.replace(config.dataset, root=str(data_root))
+        if split == "val" and config.dataset.val_size is None:
+            raise ConfigError(
+                f"{run_dir} has no validation split (trained without dataset.val_size); "
+                "use --split test or --split train"
+            )
+        state = checkpoint.get("state") or {}
+        epoch = int(state.get("epoch", 0))
+        recorded = _recorded_accuracy(state, split)
+        torch_device = setup_torch(config)
+        model = build_model(config).to(torch_device)
+        model.load_state_dict(checkpoint["model"])
+        data = _split_data(make_splits(config.dataset, config.seed, torch_device), split)
+        result = RunEvaluation(
+            run_dir=run_dir,
+            epoch=epoch,
+            train_r=config.routing.iterations,
+            mode=config.routing.mode,
+            split=split,
+            rows=[],
+            routing_rows=[],
+        )
+        plan = [("dynamic", r) for r in iters]
+        if config.routing.mode != "dynamic":
+            plan.append((config.routing.mode, 1))  # the control the run was trained with
+        own_r = config.routing.iterations if config.routing.mode == "dynamic" else 1
+        for mode, r in plan:
+            row, routing_rows = _evaluate_once(model, data, config, torch_device, mode, r)
+            row.update(epoch=epoch, split=split, train_r=result.train_r)
+            own = mode == result.mode and r == own_r
+            row["recorded_acc"] = recorded if own else None
+            result.rows.append(row)
+            result.routing_rows += [
+                {"epoch": epoch, "split": split, **per_iteration} for per_iteration in routing_rows
+            ]
+        write_results(run_dir, result)
+    return result
+
+
+def _recorded_accuracy(state: dict[str, Any], split: str) -> float | None:
+    """The accuracy the run recorded on `split` at its last epoch, if it recorded one."""
+    metrics = state.get("metrics") or []
+    if not metrics:
+        return None
+    value = metrics[-1].get(RECORDED_COLUMN[split])
+    return float(value) if value is not None else None
+
+
+def _split_data(splits: Splits, split: str) -> ImageTensors:
+    if split == "test":
+        return splits.test
+    if split == "train":
+        return splits.train_eval
+    assert splits.val is not None
+    return splits.val
+
+
+@contextmanager
+def routing_mode(model: CapsNet, mode: str) -> Iterator[None]:
+    """Route with `mode` inside the block (a control needs r = 1), then restore the model's own."""
+    saved = model.digit.routing
+    iterations = saved.iterations if mode == "dynamic" else 1
+    model.digit.routing = dataclasses.replace(saved, mode=mode, iterations=iterations)
+    try:
+        yield
+    finally:
+        model.digit.routing = saved
+
+
+def _evaluate_once(
+    model: CapsNet, data: ImageTensors, config: Config, device: torch.device, mode: str, r: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One evaluation at (mode, r): the eval_iters.csv row and its per-iteration rows."""
+    started = time.perf_counter()
+    with routing_mode(model, mode):
+        result = evaluate(
+            model,
+            data,
+            config.dataset,
+            config.model,
+            config.train.eval_batch_size,
+            device,
+            config.train.precision,
+            iterations=r,
+            diagnostics=True,
+        )
+    final, first = result.routing[-1], result.routing[0]
+    row = {
+        "mode": mode,
+        "eval_r": r,
+        "images": result.images,
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "margin_loss": result.margin_loss,
+        "recon_loss": result.recon_loss,
+        "entropy": final["entropy"],
+        "max_c": final["max_c"],
+        "polarised": final.get("polarised"),
+        "flip_first": first.get("flip"),
+        "seconds": time.perf_counter() - started,
+    }
+    routing_rows = [
+        {"mode": mode, "eval_r": r, **{k: v for k, v in it.items() if k in EVAL_ROUTING_COLUMNS}}
+        for it in result.routing
+    ]
+    return row, routing_rows
+
+
+def write_results(run_dir: Path, result: RunEvaluation) -> None:
+    """Merge this call's rows into eval_iters.csv / eval_routing.csv and write them atomically.
+
+    Rows of the same checkpoint epoch measured earlier are kept unless this call measured the
+    same (split, mode, eval r) again; rows of another epoch are dropped (the weights changed).
+    """
+    fresh = {(row["split"], row["mode"], row["eval_r"]) for row in result.rows}
+    for name, rows, columns in (
+        (EVAL_ITERS_FILE, result.rows, EVAL_COLUMNS),
+        (EVAL_ROUTING_FILE, result.routing_rows, EVAL_ROUTING_COLUMNS),
+    ):
+        kept = [
+            row
+            for row in read_rows(run_dir / name)
+            if str(row.get("epoch")) == str(result.epoch)
+            and (row.get("split"), row.get("mode"), _int(row.get("eval_r"))) not in fresh
+        ]
+        merged = sorted(
+            [*kept, *rows],
+            key=lambda row: (
+                SPLITS.index(row["split"]) if row["split"] in SPLITS else len(SPLITS),
+                str(row["mode"]) != "dynamic",
+                str(row["mode"]),
+                _int(row["eval_r"]),
+                _int(row.get("iteration", 0)),
+            ),
+        )
+        write_csv(run_dir / name, merged, columns)
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A CSV file's rows as dicts of text ([] when the file is missing or unreadable)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return []
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1
+
+
+def evaluate_runs(
+    run_dirs: Sequence[Path],
+    iters: Sequence[int] = DEFAULT_ITERS,
+    split: str = "test",
+    device: str | None = None,
+    data_root: Path | None = None,
+) -> Iterator[RunEvaluation]:
+    """`evaluate_run` for each directory, after checking every one first (bad input: no work)."""
+    if not run_dirs:
+        raise ConfigError("give at least one RUN_DIR (a run directory holding checkpoint.pt)")
+    for run_dir in run_dirs:
+        check_run_dir(Path(run_dir))
+    for run_dir in run_dirs:
+        yield evaluate_run(Path(run_dir), iters, split, device, data_root)
+
+
+def results_table(result: RunEvaluation) -> Any:
+    """A rich Table of one run's rows: accuracy, loss and routing diagnostics per (mode, r)."""
+    from rich.table import Table
+
+    table = Table(title=f"{result.run_dir} (epoch {result.epoch}, {result.split} set)")
+    headers = (
+        "routing",
+        "eval r",
+        "accuracy %",
+        "loss",
+        "entropy",
+        "max c",
+        ">0.9",
+        "flip 1→r",
+        "s",
+    )
+    for header in headers:
+        table.add_column(header, justify="left" if header == "routing" else "right")
+    for row in result.rows:
+        own = " (training)" if row["recorded_acc"] is not None else ""
+        table.add_row(
+            f"{row['mode']}{own}",
+            str(row["eval_r"]),
+            f"{100 * row['accuracy']:.2f}",
+            f"{row['loss']:.4f}",
+            f"{row['entropy']:.3f}",
+            f"{row['max_c']:.3f}",
+            _fraction(row["polarised"]),
+            _fraction(row["flip_first"]),
+            f"{row['seconds']:.1f}",
+        )
+    return table
+
+
+def reproduction_line(result: RunEvaluation) -> str | None:
+    """Whether the evaluation at the run's own routing repeats the accuracy it recorded."""
+    row = result.reference
+    if row is None or row["recorded_acc"] is None:
+        return None
+    same = row["accuracy"] == row["recorded_acc"]
+    verdict = "reproduced exactly" if same else "DIFFERS (another device or precision?)"
+    return (
+        f"{result.run_dir}: {row['mode']} r={row['eval_r']} gives {100 * row['accuracy']:.4f}%, "
+        f"the run recorded {100 * row['recorded_acc']:.4f}% on the {result.split} set: {verdict}"
+    )
+
+
+def _fraction(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
