@@ -19,8 +19,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from capsroute.data import multimnist
 from capsroute.config import DatasetConfig
+from capsroute.data import multimnist
 from capsroute.data.files import DATASET_INFO, ImageTensors, load_split
 from capsroute.errors import ConfigError
 

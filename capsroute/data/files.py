@@ -1,7 +1,8 @@
 """Dataset files: what each dataset is, and reading MNIST / CIFAR-10 from disk into tensors.
 
 Both datasets fit in memory as uint8 (MNIST 55 MB, CIFAR-10 180 MB), so a split is read into one
-`(N, C, H, W)` uint8 tensor (`ImageTensors`); `capsroute.data.batches` cuts subsets and batches from it.
+`(N, C, H, W)` uint8 tensor (`ImageTensors`); `capsroute.data.batches` cuts subsets and batches
+from it.
 MultiMNIST has no files of its own: it is generated from MNIST's (`DatasetInfo.source`).
 
 Loading goes through torchvision (MNIST always, CIFAR-10 when `dataset.verify` asks for its md5
@@ -23,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from capsroute.data import multimnist
 from capsroute.config import DATASETS, DatasetConfig
+from capsroute.data import multimnist
 from capsroute.errors import ConfigError, DataError
 
 if TYPE_CHECKING:

@@ -32,7 +32,6 @@ from torch import Tensor
 from capsroute.errors import DataError, OutputWriteError
 from capsroute.io import atomic_write_bytes
 
-
 CACHE_VERSION = 1
 MNIST_SIZE = 28
 SPLITS = ("train", "val", "test")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL
 from tests.cli.test_cli import assert_one_line_error, run_cli
+from tests.conftest import TINY_MODEL
 
 # (arguments, text the one error line must contain)
 BAD_INPUTS: list[tuple[list[str], str]] = [

@@ -7,8 +7,7 @@ import torch
 from capsroute.config import ModelConfig, RoutingConfig
 from capsroute.device import keep_cpu_memory_mapped
 from capsroute.nn.capsnet import CapsNet
-
-from .test_routing import reference_routing
+from tests.routing.test_reference import reference_routing
 
 
 def small_net() -> CapsNet:

@@ -18,8 +18,8 @@ from PIL import Image
 from capsroute.data import batches as data
 from capsroute.hydra_app import load_config
 from capsroute.run.train import train_run
-from tests.conftest import TINY_MODEL, shared_data_root
 from tests.cli.test_cli import assert_one_line_error, run_cli
+from tests.conftest import TINY_MODEL, shared_data_root
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = (

@@ -15,8 +15,7 @@ from capsroute.config import ModelConfig
 from capsroute.errors import ConfigError
 from capsroute.nn.capsnet import conv2d_fast_weight_grad
 from capsroute.study.bench import flop_counts
-
-from .conftest import TINY_MODEL
+from tests.conftest import TINY_MODEL
 
 ROW_KEYS = {
     "mode",

@@ -21,8 +21,8 @@ from capsroute.run.record import stops_early
 from capsroute.run.rundir import EVAL_COLUMNS, EVAL_ITERS_FILE
 from capsroute.run.train import train_run
 from capsroute.study.eval_r import evaluate_run
-from tests.conftest import shared_data_root, tiny_run_overrides
 from tests.cli.test_cli import run_cli
+from tests.conftest import shared_data_root, tiny_run_overrides
 
 RUNS = {
     "dynamic": ["routing.iterations=2", "train.epochs=1"],
