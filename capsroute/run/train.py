@@ -30,10 +30,12 @@ from capsroute.config import Config, ModelConfig, config_to_dict, resume_conflic
 from capsroute.data.batches import (
     Batch,
     Splits,
+    input_shape,
     make_splits,
     num_batches,
     train_batches,
 )
+from capsroute.data.epoch_loader import epoch_batches
 from capsroute.device import (
     autocast,
     grad_scaler,
@@ -48,6 +50,12 @@ from capsroute.nn.losses import LossParts
 from capsroute.run import rundir
 from capsroute.run.checkpoint import load_checkpoint, save_checkpoint
 from capsroute.run.evaluate import EvalResult, evaluate
+from capsroute.run.graph_step import (
+    GraphedTrainStep,
+    capturable_adam,
+    portable_optimizer_state,
+    uses_graph,
+)
 from capsroute.run.record import (
     TrainState,
     finish_summary,
@@ -100,6 +108,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
         log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
+    step_fn: torch.nn.Module | GraphedTrainStep
     step_fn = torch.compile(model) if config.train.compile else model
     summary = new_summary(config, run_dir, model, device, splits)
     patience = config.train.early_stopping_patience
@@ -107,6 +116,10 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
         return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
     write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+    if uses_graph(config, device):  # same steps, replayed from one CUDA graph
+        optimizer = capturable_adam(optimizer, torch.zeros((), device=device))
+        batch_shape = (config.train.batch_size, *input_shape(config.dataset))
+        step_fn = GraphedTrainStep(model, optimizer, config, batch_shape, state.step).prepare()
     try:
         with stop_on_signals():
             for epoch in range(state.epoch + 1, config.train.epochs + 1):
@@ -153,8 +166,8 @@ def setup_torch(config: Config) -> torch.device:
         keep_cpu_memory_mapped()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.train.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = config.train.tf32
+        torch.backends.cudnn.allow_tf32 = config.train.tf32
     return device
 
 
@@ -201,7 +214,7 @@ def run_epoch(
     config: Config,
     epoch: int,
     model: CapsNet,
-    step_fn: torch.nn.Module,
+    step_fn: torch.nn.Module | GraphedTrainStep,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -222,8 +235,15 @@ def run_epoch(
     model.train()
     seen = 0
     started = time.perf_counter()
+    loader = epoch_batches if device.type == "cuda" else train_batches  # same batches, no syncs
+    epoch_data = loader(splits.train, dataset, train.batch_size, generator, device)
     with epoch_progress(console, epoch, config.train.epochs, batches, train.progress) as advance:
-        for batch in train_batches(splits.train, dataset, train.batch_size, generator, device):
+        if isinstance(step_fn, GraphedTrainStep):
+            lr = schedule.get_last_lr()[0]
+            means, bad_step = graphed_pass(step_fn, epoch_data, schedule, state, advance)
+            loss, margin, recon, correct = means
+            first_bad_step = torch.tensor(bad_step)
+        for batch in () if isinstance(step_fn, GraphedTrainStep) else epoch_data:
             out, parts = train_step(
                 step_fn,
                 optimizer,
@@ -255,7 +275,8 @@ def run_epoch(
             seen += n
             advance(totals[0] / seen, state.step)
     train_seconds = time.perf_counter() - started
-    loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
+    if not isinstance(step_fn, GraphedTrainStep):
+        loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"training loss became {loss} in epoch {epoch} at step {int(first_bad_step)}; the "
@@ -276,6 +297,34 @@ def run_epoch(
     )
     routing_rows = [{"epoch": epoch, **r} for r in test.routing]
     return row, routing_rows
+
+
+def graphed_pass(
+    step: GraphedTrainStep,
+    epoch_data: Iterator[Batch],
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
+    advance: Callable[[torch.Tensor, int], None],
+) -> tuple[list[float], int]:
+    """One epoch through the CUDA-graphed step; returns the epoch's mean (loss, margin, recon,
+    accuracy) and the first non-finite step (-1: none). The host reads the device once, at
+    the end; the LambdaLR `schedule` is then set to where the eager loop would have left it."""
+    skipped_before = step.skipped_steps()
+    for batch in epoch_data:
+        step.step(batch.images, batch.labels)
+        state.step += 1
+        advance(step.totals[0] / step.totals[4].clamp(min=1), state.step)
+    means, _, bad_step = step.epoch_totals()
+    skipped = step.skipped_steps() - skipped_before
+    if skipped:
+        state.skipped_steps += skipped
+        log.warning("%d non-finite steps skipped this epoch (train.nonfinite=skip)", skipped)
+    schedule.last_epoch = state.step
+    schedule._last_lr = [  # type: ignore[attr-defined]
+        base * factor(state.step)
+        for factor, base in zip(schedule.lr_lambdas, schedule.base_lrs, strict=True)  # type: ignore[attr-defined]
+    ]
+    return means, bad_step
 
 
 def metrics_row(
@@ -380,7 +429,7 @@ def save_epoch(
         {
             "config": config_to_dict(config),
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": portable_optimizer_state(optimizer, schedule.get_last_lr()),
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(),
             "state": vars(state),
