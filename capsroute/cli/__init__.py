@@ -23,6 +23,7 @@ from rich.table import Table
 from capsroute import hydra_app
 from capsroute.cli.options import (
     parse_choice,
+    parse_choice_list,
     parse_dataset_list,
     parse_int_list,
     parse_precisions,
@@ -261,6 +262,9 @@ def bench(
     precision: Annotated[str, typer.Option("--precision", help="fp32,bf16,fp16.")] = "fp32,bf16",
     steps: Annotated[int, typer.Option("--steps", help="Timed steps (median).")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 2,
+    variants: Annotated[
+        str, typer.Option("--variants", help="Train step: eager,graph (graph: CUDA graph).")
+    ] = "eager",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the rows here.")] = None,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -270,6 +274,7 @@ def bench(
     Synthetic images: no dataset files are needed.
     """
     from capsroute.study.bench import (
+        VARIANTS,
         results_table,
         run_bench,
         write_json,
@@ -286,8 +291,9 @@ def bench(
             parse_precisions(precision),
             steps=steps,
             warmup=warmup,
+            variants=parse_choice_list(variants, "--variants", VARIANTS, "variant"),
             progress=lambda row: console.log(
-                f"{row.mode} r={row.iters} batch={row.batch_size} {row.precision}: "
+                f"{row.mode} {row.variant} r={row.iters} batch={row.batch_size} {row.precision}: "
                 f"{row.ms_per_step:.1f} ms/step"
             ),
         )

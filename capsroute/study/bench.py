@@ -8,6 +8,10 @@ model, feeds it synthetic images of the dataset's shape (no dataset files are ne
   autocast, margin + reconstruction loss, backward, Adam step).
 * `eval`: `capsroute.run.evaluate.classify` (no gradients, no decoder).
 
+Train rows come in two variants (`--variants`): `eager`, the step above, and `graph`, the same
+step captured as one CUDA graph (`capsroute.run.graph_step`, what `train.cuda_graph=true`
+trains with; CUDA, fp32/bf16 only).
+
 FLOPs per image are counted analytically from the layer shapes (`flop_counts`); a training
 step counts 3x the forward pass. The ceiling is measured in the same run: the model's own
 PrimaryCaps convolution (its dominant cost), forward + backward alone at the same batch size and
@@ -30,7 +34,7 @@ import math
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -53,9 +57,11 @@ from capsroute.errors import ConfigError
 from capsroute.nn import build_model
 from capsroute.nn.capsnet import CapsNet, conv_output_size
 from capsroute.run.evaluate import classify
+from capsroute.run.graph_step import GraphedTrainStep, capturable_adam, graph_unsupported
 from capsroute.run.train import setup_torch, train_step
 
 MODES = ("train", "eval")
+VARIANTS = ("eager", "graph")
 log = logging.getLogger("capsroute")
 _PROC_STATUS = Path("/proc/self/status")
 _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -175,6 +181,7 @@ class BenchRow:
     """One measured configuration (the `--json` rows)."""
 
     mode: str
+    variant: str  # eager, or graph (the train step replayed from a CUDA graph)
     iters: int
     batch_size: int
     precision: str
@@ -276,7 +283,11 @@ def bench_config(
     r = config.routing.iterations
     step_fn = torch.compile(model) if config.train.compile else model
     memory = PeakMemory(device)
-    if mode == "train":
+    graphed = mode == "train" and config.train.cuda_graph
+    if graphed:
+        step = graphed_step(replace(config, train=replace(config.train, precision=precision)),
+                            model, data, device)  # fmt: skip
+    elif mode == "train":
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
         scaler = grad_scaler(device, precision)
@@ -297,6 +308,7 @@ def bench_config(
     achieved = per_image * batch / seconds
     return BenchRow(
         mode=mode,
+        variant="graph" if graphed else "eager",
         iters=r,
         batch_size=batch,
         precision=precision,
@@ -317,6 +329,20 @@ def bench_config(
     )
 
 
+def graphed_step(
+    config: Config, model: CapsNet, data: Batch, device: torch.device
+) -> Callable[[], object]:
+    """The CUDA-graphed train step on `data`, warmed up and captured (a ConfigError where
+    it cannot run: not CUDA, fp16, random routing, MultiMNIST)."""
+    reason = graph_unsupported(config, device)
+    if reason is not None:
+        raise ConfigError(f"--variants graph: {reason}")
+    lr = torch.zeros((), device=device)
+    optimizer = capturable_adam(torch.optim.Adam(model.parameters(), lr=config.train.lr), lr)
+    graphed = GraphedTrainStep(model, optimizer, config, tuple(data.images.shape)).prepare()
+    return lambda: graphed.step(data.images, data.labels)
+
+
 # --------------------------------------------------------------------------------------------
 # The whole benchmark
 # --------------------------------------------------------------------------------------------
@@ -329,10 +355,12 @@ def run_bench(
     precisions: Iterable[str],
     steps: int = 5,
     warmup: int = 2,
-    modes: Iterable[str] = MODES,
+    modes: Sequence[str] = MODES,
     progress: Callable[[BenchRow], None] | None = None,
+    variants: Iterable[str] = ("eager",),
 ) -> list[BenchRow]:
-    """Measure every (batch size, precision, mode, r) on `config`'s device; one row each.
+    """Measure every (batch size, precision, mode, variant, r) on `config`'s device; one row
+    each (eval rows only for the eager variant: the graph is a train-step variant).
 
     The ceiling is measured once per (batch size, precision), just before its rows.
     `progress`, if given, is called with each row as soon as it is measured.
@@ -340,7 +368,14 @@ def run_bench(
     if steps < 1 or warmup < 0:
         raise ConfigError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = setup_torch(config)
-    precisions = list(precisions)
+    precisions, variants = list(precisions), list(variants)
+    if "graph" in variants and "train" in modes:  # refuse before measuring anything
+        for precision in precisions:
+            reason = graph_unsupported(
+                replace(config, train=replace(config.train, precision=precision)), device
+            )
+            if reason is not None:
+                raise ConfigError(f"--variants graph: {reason}")
     if device.type == "cpu" and "bf16" in precisions and not cpu_has_fast_bf16():
         log.warning("this CPU has no native bf16 (oneDNN emulates it): bf16 will be slow")
     rows: list[BenchRow] = []
@@ -350,13 +385,18 @@ def run_bench(
             ceiling = measure_ceiling(
                 build_model(config).to(device), batch, precision, device, warmup, steps
             )
-            for mode in modes:
-                for r in iterations:
-                    cfg = replace(config, routing=replace(config.routing, iterations=r))
-                    row = bench_config(cfg, mode, batch, precision, device, ceiling, warmup, steps)
-                    rows.append(row)
-                    if progress is not None:
-                        progress(row)
+            for mode, variant, r in itertools.product(modes, variants, iterations):
+                if mode == "eval" and variant != "eager":
+                    continue
+                cfg = replace(
+                    config,
+                    routing=replace(config.routing, iterations=r),
+                    train=replace(config.train, cuda_graph=variant == "graph"),
+                )
+                row = bench_config(cfg, mode, batch, precision, device, ceiling, warmup, steps)
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
     return rows
 
 
@@ -376,6 +416,7 @@ def results_table(rows: list[BenchRow]) -> Table:
     table = Table(title=f"capsroute bench ({rows[0].device_name})" if rows else "capsroute bench")
     columns: list[tuple[str, Any]] = [
         ("mode", lambda r, _: r.mode),
+        ("variant", lambda r, _: r.variant),
         ("r", lambda r, _: str(r.iters)),
         ("batch", lambda r, _: str(r.batch_size)),
         ("prec", lambda r, _: r.precision),
@@ -390,7 +431,7 @@ def results_table(rows: list[BenchRow]) -> Table:
         ("loader", lambda r, _: "-" if r.loader_fraction is None else _pct(r.loader_fraction)),
     ]
     for name, _ in columns:
-        table.add_column(name, justify="left" if name in ("mode", "prec") else "right")
+        table.add_column(name, justify="left" if name in ("mode", "variant", "prec") else "right")
     for row in rows:
         base = _relative_to_r1(row, rows)
         table.add_row(*(render(row, base) for _, render in columns))
@@ -402,10 +443,12 @@ def _pct(value: float) -> str:
 
 
 def _relative_to_r1(row: BenchRow, rows: list[BenchRow]) -> float | None:
-    """This row's step time over that of r = 1 with the same mode, batch and precision."""
+    """This row's step time over that of r = 1 with the same mode, variant, batch and
+    precision."""
     for other in rows:
-        same = (other.mode, other.batch_size, other.precision) == (
+        same = (other.mode, other.variant, other.batch_size, other.precision) == (
             row.mode,
+            row.variant,
             row.batch_size,
             row.precision,
         )
