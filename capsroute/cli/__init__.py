@@ -107,6 +107,12 @@ def sweep(
         str | None, typer.Option(help="basic | joblib | submitit_local | submitit_slurm.")
     ] = None,
     jobs: Annotated[int | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
+    jobs_per_gpu: Annotated[
+        int | None, typer.Option(help="Runs at once on each GPU (--launcher joblib).")
+    ] = None,
+    mps: Annotated[
+        bool, typer.Option(help="With --jobs-per-gpu > 1, share each GPU through CUDA MPS.")
+    ] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -126,6 +132,8 @@ def sweep(
         name=name,
         launcher=launcher,
         jobs=jobs,
+        jobs_per_gpu=jobs_per_gpu,
+        mps=mps,
         overrides=_split_overrides(ctx.args),
         config_dir=config_dir,
         dry_run=dry_run,
