@@ -37,7 +37,7 @@ T() {
 	echo "== profile"
 	T 35 python3 benchmarks/gpu_profile.py --iters 1,3,5 --precision bf16 --steps 10 | tee "$OUT"/profile.txt
 	echo "== CUDA tests"
-	T 50 python3 -m pytest -q -x -m "not slow" -p no:cacheprovider tests -k "cuda or graph or epoch_batches or sweep_gpu"
+	T 50 python3 -m pytest -q -m "not slow" -p no:cacheprovider tests -k "cuda or graph or epoch_batches or sweep_gpu"
 	echo "== pack: 6-run grid one after another, then --jobs-per-gpu 6"
 	P="--iters 1,3 --seeds 0,1,2 dataset.root=/tmp/data dataset.train_size=20000 dataset.test_size=5000"
 	P="$P train.epochs=2 train.precision=bf16 train.progress=false out_root=/tmp/pk"
