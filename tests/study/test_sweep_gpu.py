@@ -26,6 +26,7 @@ def test_jobs_per_gpu_sets_the_launcher_parallelism(monkeypatch: pytest.MonkeyPa
     gpus(monkeypatch, 2)
     out = launcher_overrides(SweepRequest(launcher="joblib", jobs_per_gpu=3), set())
     assert out["hydra.launcher.n_jobs"] == "hydra.launcher.n_jobs=6"
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     local = launcher_overrides(SweepRequest(launcher="submitit_local", jobs_per_gpu=2), set())
     assert local["hydra.sweeper.max_batch_size"] == "hydra.sweeper.max_batch_size=4"
 
@@ -102,3 +103,14 @@ def test_no_mps_without_its_control_binary_or_when_not_packed(
     with gpu_share.mps_daemon(tmp_path, wanted=False) as running:
         assert not running
     assert not (tmp_path / "calls.txt").exists()
+
+
+def test_idle_launcher_workers_are_stopped_so_mps_can_quit() -> None:
+    from joblib.externals.loky import get_reusable_executor
+
+    executor = get_reusable_executor(max_workers=1)
+    assert executor.submit(int, "7").result() == 7
+    worker = next(iter(executor._processes.values()))
+    gpu_share.stop_idle_workers()
+    worker.join(timeout=10)
+    assert not worker.is_alive()

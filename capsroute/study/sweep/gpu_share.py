@@ -28,6 +28,18 @@ _PIPE, _LOG = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
 _TIMEOUT_S = 30
 
 
+def stop_idle_workers() -> None:
+    """End the joblib launcher's idle worker processes now. loky keeps them (and their CUDA
+    contexts) alive for minutes after the sweep, and MPS's `quit` waits for every client."""
+    try:
+        from joblib.externals.loky import reusable_executor
+    except ImportError:
+        return
+    executor = getattr(reusable_executor, "_executor", None)  # None: no pool was started
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
 @contextmanager
 def mps_daemon(root: Path, wanted: bool) -> Iterator[bool]:
     """Run the body with a private MPS daemon when `wanted` and possible; yields whether one
@@ -54,6 +66,7 @@ def mps_daemon(root: Path, wanted: bool) -> Iterator[bool]:
     try:
         yield True
     finally:
+        stop_idle_workers()  # MPS quits only once its clients (the workers) are gone
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -213,6 +213,8 @@ def launcher_overrides(request: SweepRequest, user_keys: set[str]) -> dict[str, 
         )
     if request.launcher and "hydra/launcher" in user_keys:
         raise ConfigError("--launcher and the override hydra/launcher=... clash; use one")
+    if request.jobs_per_gpu is not None and launcher not in ("joblib", "submitit_local"):
+        raise ConfigError("--jobs-per-gpu needs a local parallel launcher: --launcher joblib")
     if launcher in LAUNCHER_PLUGINS:
         module, package = LAUNCHER_PLUGINS[launcher]
         try:
@@ -225,14 +227,12 @@ def launcher_overrides(request: SweepRequest, user_keys: set[str]) -> dict[str, 
     if request.jobs is not None and request.jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {request.jobs}")
     if launcher == "basic":
-        if request.jobs_per_gpu is not None:
-            raise ConfigError("--jobs-per-gpu needs a local parallel launcher: --launcher joblib")
         if request.jobs not in (None, 1):
             raise ConfigError("--jobs needs a parallel launcher: --launcher joblib|submitit_*")
         return out
     jobs = request.jobs
     if request.jobs_per_gpu is not None:
-        jobs = jobs_for_gpus(request, launcher)
+        jobs = jobs_for_gpus(request)
     if launcher in ("joblib", "submitit_local") and jobs is None:
         jobs = default_local_jobs()
     if jobs is not None:
@@ -245,7 +245,7 @@ def launcher_overrides(request: SweepRequest, user_keys: set[str]) -> dict[str, 
     return out
 
 
-def jobs_for_gpus(request: SweepRequest, launcher: str) -> int:
+def jobs_for_gpus(request: SweepRequest) -> int:
     """`--jobs-per-gpu K`: K runs at once on each visible GPU (jobs are spread over the GPUs by
     job number, `task.place_job`), so K x #GPUs parallel jobs in all."""
     per_gpu = request.jobs_per_gpu or 0
@@ -253,8 +253,6 @@ def jobs_for_gpus(request: SweepRequest, launcher: str) -> int:
         raise ConfigError(f"--jobs-per-gpu must be >= 1, got {per_gpu}")
     if request.jobs is not None:
         raise ConfigError("--jobs and --jobs-per-gpu both set the parallelism; use one")
-    if launcher not in ("joblib", "submitit_local"):
-        raise ConfigError("--jobs-per-gpu needs a local parallel launcher: --launcher joblib")
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
