@@ -203,8 +203,9 @@ class TrainConfig:
     precision: str = "fp32"
     compile: bool = False
     deterministic: bool = True  # false: cuDNN autotunes its algorithms (faster, not bitwise)
-    # CUDA only: capture the whole train step as one CUDA graph (capsroute/run/graph_step.py)
-    cuda_graph: bool = False
+    # CUDA only (ignored elsewhere): replay the whole train step from one CUDA graph
+    # (capsroute/run/graph_step.py); same numbers up to float rounding, 3-4x faster in bf16
+    cuda_graph: bool = True
     # CUDA only: TF32 for fp32 matmuls and convolutions (~3e-4 relative error; bf16 unaffected)
     tf32: bool = False
     progress: bool = True  # rich progress bar on a terminal, log lines elsewhere

@@ -54,12 +54,13 @@ def graph_unsupported(config: Config, device: torch.device) -> str | None:
 
 
 def uses_graph(config: Config, device: torch.device) -> bool:
-    """`train.cuda_graph` asked for and possible here; logs why not when it is not."""
-    if not config.train.cuda_graph:
+    """`train.cuda_graph` on (the default) and a CUDA device that can graph this run. Off
+    CUDA the key is ignored; on CUDA an unsupported run logs why and trains eagerly."""
+    if not config.train.cuda_graph or device.type != "cuda":
         return False
     reason = graph_unsupported(config, device)
     if reason is not None:
-        log.warning("train.cuda_graph=true ignored: %s; the eager step runs", reason)
+        log.info("train.cuda_graph: %s; the eager step runs", reason)
     return reason is None
 
 
