@@ -107,12 +107,8 @@ def sweep(
         str | None, typer.Option(help="basic | joblib | submitit_local | submitit_slurm.")
     ] = None,
     jobs: Annotated[int | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
-    jobs_per_gpu: Annotated[
-        int | None, typer.Option(help="Runs at once on each GPU (--launcher joblib).")
-    ] = None,
-    mps: Annotated[
-        bool, typer.Option(help="With --jobs-per-gpu > 1, share each GPU through CUDA MPS.")
-    ] = True,
+    jobs_per_gpu: Annotated[int | None, typer.Option(help="Runs at once on each GPU.")] = None,
+    mps: Annotated[bool, typer.Option(help="Packed runs share a GPU through CUDA MPS.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -270,9 +266,7 @@ def bench(
     precision: Annotated[str, typer.Option("--precision", help="fp32,bf16,fp16.")] = "fp32,bf16",
     steps: Annotated[int, typer.Option("--steps", help="Timed steps (median).")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 2,
-    variants: Annotated[
-        str, typer.Option("--variants", help="Train step: eager,graph (graph: CUDA graph).")
-    ] = "eager",
+    variants: Annotated[str, typer.Option(help="Train step: eager,graph (CUDA graph).")] = "eager",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the rows here.")] = None,
     config_dir: ConfigDir = None,
 ) -> None:

@@ -19,12 +19,12 @@ from capsroute.config import DatasetConfig
 from capsroute.data.batches import (
     Augmentation,
     Batch,
-    _output_size,
-    _parts,
-    _to_float,
     augment,
+    digit_parts,
     num_batches,
+    output_size,
     sample_augmentation,
+    to_float,
 )
 from capsroute.data.files import ImageTensors
 
@@ -53,7 +53,7 @@ def epoch_batches(
     count = len(data)
     num_batches(count, batch_size)  # validates batch_size
     size = data.images.shape[-1]
-    _output_size(cfg, size)
+    output_size(cfg, size)
     order = torch.randperm(count, generator=generator)  # (N,) drawn first, as train_batches
     starts = range(0, count, batch_size)
     draws = [sample_augmentation(min(batch_size, count - s), cfg, size, generator) for s in starts]
@@ -78,6 +78,6 @@ def epoch_batches(
                 crop_offset=None if crop_offset is None else crop_offset[start:stop],
                 flip=None if flip is None else flip[start:stop],
             )
-            yield Batch(_to_float(augment(images, aug)), labels, _parts(data, index, device))
+            yield Batch(to_float(augment(images, aug)), labels, digit_parts(data, index, device))
 
     return batches()

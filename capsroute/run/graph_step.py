@@ -25,14 +25,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from capsroute.config import Config
+from capsroute.data.batches import Batch
 from capsroute.data.files import DATASET_INFO
+from capsroute.errors import ConfigError
 from capsroute.nn.capsnet import correct_predictions
+from capsroute.run.record import TrainState
 
 log = logging.getLogger("capsroute")
 
@@ -253,3 +257,44 @@ class GraphedTrainStep:
     def skipped_steps(self) -> int:
         """Steps skipped so far for a non-finite loss (`train.nonfinite=skip`)."""
         return int(self.skipped)
+
+
+def graphed_pass(
+    step: GraphedTrainStep,
+    epoch_data: Iterator[Batch],
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    state: TrainState,
+    advance: Callable[[torch.Tensor, int], None],
+) -> tuple[list[float], int]:
+    """One epoch through the CUDA-graphed step; returns the epoch's mean (loss, margin, recon,
+    accuracy) and the first non-finite step (-1: none). The host reads the device once, at
+    the end; the LambdaLR `schedule` is then set to where the eager loop would have left it."""
+    skipped_before = step.skipped_steps()
+    for batch in epoch_data:
+        step.step(batch.images, batch.labels)
+        state.step += 1
+        advance(step.totals[0] / step.totals[4].clamp(min=1), state.step)
+    means, _, bad_step = step.epoch_totals()
+    skipped = step.skipped_steps() - skipped_before
+    if skipped:
+        state.skipped_steps += skipped
+        log.warning("%d non-finite steps skipped this epoch (train.nonfinite=skip)", skipped)
+    schedule.last_epoch = state.step
+    schedule._last_lr = [  # type: ignore[attr-defined]
+        base * factor(state.step)
+        for factor, base in zip(schedule.lr_lambdas, schedule.base_lrs, strict=True)  # type: ignore[attr-defined]
+    ]
+    return means, bad_step
+
+
+def bench_replay(config: Config, model: nn.Module, batch: Batch) -> Callable[[], None]:
+    """One graphed train step on `batch`, warmed up and captured, for `capsroute bench`
+    (a ConfigError where it cannot run: not CUDA, fp16, random routing, MultiMNIST)."""
+    device = next(model.parameters()).device
+    reason = graph_unsupported(config, device)
+    if reason is not None:
+        raise ConfigError(f"--variants graph: {reason}")
+    adam = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    optimizer = capturable_adam(adam, torch.zeros((), device=device))
+    step = GraphedTrainStep(model, optimizer, config, tuple(batch.images.shape)).prepare()
+    return lambda: step.step(batch.images, batch.labels)

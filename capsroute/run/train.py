@@ -53,6 +53,7 @@ from capsroute.run.evaluate import EvalResult, evaluate
 from capsroute.run.graph_step import (
     GraphedTrainStep,
     capturable_adam,
+    graphed_pass,
     portable_optimizer_state,
     uses_graph,
 )
@@ -310,34 +311,6 @@ def run_epoch(
     )
     routing_rows = [{"epoch": epoch, **r} for r in test.routing]
     return row, routing_rows
-
-
-def graphed_pass(
-    step: GraphedTrainStep,
-    epoch_data: Iterator[Batch],
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    state: TrainState,
-    advance: Callable[[torch.Tensor, int], None],
-) -> tuple[list[float], int]:
-    """One epoch through the CUDA-graphed step; returns the epoch's mean (loss, margin, recon,
-    accuracy) and the first non-finite step (-1: none). The host reads the device once, at
-    the end; the LambdaLR `schedule` is then set to where the eager loop would have left it."""
-    skipped_before = step.skipped_steps()
-    for batch in epoch_data:
-        step.step(batch.images, batch.labels)
-        state.step += 1
-        advance(step.totals[0] / step.totals[4].clamp(min=1), state.step)
-    means, _, bad_step = step.epoch_totals()
-    skipped = step.skipped_steps() - skipped_before
-    if skipped:
-        state.skipped_steps += skipped
-        log.warning("%d non-finite steps skipped this epoch (train.nonfinite=skip)", skipped)
-    schedule.last_epoch = state.step
-    schedule._last_lr = [  # type: ignore[attr-defined]
-        base * factor(state.step)
-        for factor, base in zip(schedule.lr_lambdas, schedule.base_lrs, strict=True)  # type: ignore[attr-defined]
-    ]
-    return means, bad_step
 
 
 def metrics_row(

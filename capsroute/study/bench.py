@@ -57,7 +57,7 @@ from capsroute.errors import ConfigError
 from capsroute.nn import build_model
 from capsroute.nn.capsnet import CapsNet, conv_output_size
 from capsroute.run.evaluate import classify
-from capsroute.run.graph_step import GraphedTrainStep, capturable_adam, graph_unsupported
+from capsroute.run.graph_step import bench_replay, graph_unsupported
 from capsroute.run.train import setup_torch, train_step
 
 MODES = ("train", "eval")
@@ -285,8 +285,8 @@ def bench_config(
     memory = PeakMemory(device)
     graphed = mode == "train" and config.train.cuda_graph
     if graphed:
-        step = graphed_step(replace(config, train=replace(config.train, precision=precision)),
-                            model, data, device)  # fmt: skip
+        step = bench_replay(replace(config, train=replace(config.train, precision=precision)),
+                            model, data)  # fmt: skip
     elif mode == "train":
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
@@ -329,20 +329,6 @@ def bench_config(
     )
 
 
-def graphed_step(
-    config: Config, model: CapsNet, data: Batch, device: torch.device
-) -> Callable[[], object]:
-    """The CUDA-graphed train step on `data`, warmed up and captured (a ConfigError where
-    it cannot run: not CUDA, fp16, random routing, MultiMNIST)."""
-    reason = graph_unsupported(config, device)
-    if reason is not None:
-        raise ConfigError(f"--variants graph: {reason}")
-    lr = torch.zeros((), device=device)
-    optimizer = capturable_adam(torch.optim.Adam(model.parameters(), lr=config.train.lr), lr)
-    graphed = GraphedTrainStep(model, optimizer, config, tuple(data.images.shape)).prepare()
-    return lambda: graphed.step(data.images, data.labels)
-
-
 # --------------------------------------------------------------------------------------------
 # The whole benchmark
 # --------------------------------------------------------------------------------------------
@@ -371,10 +357,8 @@ def run_bench(
     precisions, variants = list(precisions), list(variants)
     if "graph" in variants and "train" in modes:  # refuse before measuring anything
         for precision in precisions:
-            reason = graph_unsupported(
-                replace(config, train=replace(config.train, precision=precision)), device
-            )
-            if reason is not None:
+            at_precision = replace(config, train=replace(config.train, precision=precision))
+            if (reason := graph_unsupported(at_precision, device)) is not None:
                 raise ConfigError(f"--variants graph: {reason}")
     if device.type == "cpu" and "bf16" in precisions and not cpu_has_fast_bf16():
         log.warning("this CPU has no native bf16 (oneDNN emulates it): bf16 will be slow")
