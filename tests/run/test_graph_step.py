@@ -58,6 +58,7 @@ def test_graph_path_trains_like_the_eager_step(
     assert_close(metrics(tmp_path / "graph"), metrics(tmp_path / "eager"), rel=1e-4)
 
 
+@pytest.mark.slow  # three short training runs (~50 s on a busy 2-core machine)
 def test_graph_checkpoint_resumes_eagerly(
     tmp_path: Path, tiny_overrides: list[str], forced_graph: None
 ) -> None:
