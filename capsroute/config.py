@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsroute.errors import ConfigError
 
-# multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files
-DATASETS = ("mnist", "cifar10", "multimnist")
+# multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files;
+# svhn and smallnorb: the paper's Section 7; fashion_mnist: the usual next step after MNIST
+DATASETS = ("mnist", "cifar10", "multimnist", "fashion_mnist", "svhn", "smallnorb")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # capsnet: the CapsNet of Section 4; baseline_cnn: the paper's baseline CNN (capsroute.baseline)
 MODEL_KINDS = ("capsnet", "baseline_cnn")
