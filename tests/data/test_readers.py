@@ -3,6 +3,7 @@ readers, and damaged files refused in one line that names the file and the downl
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import struct
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 import torchvision
 
 from capsroute.data import smallnorb, svhn
-from capsroute.data.files import check, load_split
+from capsroute.data.files import check, download, load_split
 from capsroute.errors import DataError
 from tests.data.formats import make_fashion_mnist, make_smallnorb, make_svhn, norb_matrix
 from tests.data.test_files import assert_one_line_error, cfg_for
@@ -208,3 +209,47 @@ def test_check_covers_the_new_datasets(tmp_path: Path) -> None:
     verified = {status.name: status for status in check(tmp_path, verify=True)}
     assert not verified["svhn"].loadable and "dataset.verify=false" in verified["svhn"].message
     assert verified["smallnorb"].loadable  # no published checksums to check
+
+
+def _no_network(*args: object, **kwargs: object) -> None:
+    raise OSError("[Errno -3] Temporary failure in name resolution")
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist", "svhn", "smallnorb"])
+def test_download_without_network_is_one_actionable_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setattr(torchvision.datasets.FashionMNIST, "download", _no_network)
+    monkeypatch.setattr(torchvision.datasets.SVHN, "download", _no_network)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", _no_network)
+    with pytest.raises(DataError) as excinfo:
+        download(name, tmp_path)
+    assert_one_line_error(
+        excinfo, f"could not download {name}", "no network", f"--dataset {name} --root DIR"
+    )
+
+
+def test_smallnorb_download_unpacks_the_gzipped_matrices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The published files are gzipped; the fetch leaves only the unpacked matrices."""
+    source = tmp_path / "published"
+    make_smallnorb(source, n_train=4, n_test=2)
+    fetched: list[str] = []
+
+    def fake_download(url: str, root: str, filename: str) -> None:
+        assert url == smallnorb.URL + filename and filename.endswith(".mat.gz")
+        fetched.append(filename)
+        raw = (source / "smallnorb" / filename.removesuffix(".gz")).read_bytes()
+        (Path(root) / filename).parent.mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_bytes(gzip.compress(raw))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", fake_download)
+    download("smallnorb", tmp_path / "data")
+    assert len(fetched) == 6
+    assert sorted(p.name for p in (tmp_path / "data" / "smallnorb").iterdir()) == sorted(
+        p.name for p in (source / "smallnorb").iterdir()
+    )
+    assert len(load_split(cfg_for("smallnorb", tmp_path / "data"), train=False)) == 2
+    download("smallnorb", tmp_path / "data")  # everything present: nothing fetched again
+    assert len(fetched) == 6
