@@ -105,6 +105,9 @@ class ModelConfig:
     weight_std: float = 0.1  # W_ij ~ truncated normal (2 std), as the official code's weights
     none_of_the_above: bool = False  # an extra routing target with no class (paper's CIFAR-10)
     reconstruction: bool = True
+    # per-image standardisation of the input (the official smallNORB code); the decoder still
+    # reconstructs the [0, 1] pixels
+    standardize: bool = False
     decoder_hidden: list[int] = field(default_factory=lambda: [512, 1024])
     recon_weight: float = 0.0005
     m_plus: float = 0.9
@@ -311,6 +314,7 @@ ADDED_KEYS: dict[str, Any] = {
     "model.cnn_dropout": 0.5,
     "dataset.overlay_shift": 4,
     "dataset.cache_dir": "outputs/cache",
+    "model.standardize": False,
 }
 
 
