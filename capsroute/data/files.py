@@ -60,13 +60,14 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(1, 28, 10, mnist_idx.MNIST),
     "cifar10": DatasetInfo(3, 32, 10, cifar.CIFAR10),
     # the paper's 36 px canvas; `input_shape` reads overlay_shift
-    "multimnist": DatasetInfo(1, 36, 10, mnist_idx.MNIST, targets=2, source="mnist"),
+    "multimnist": DatasetInfo(
+        1, multimnist.MNIST_SIZE + 2 * 4, 10, mnist_idx.MNIST, targets=2, source="mnist"
+    ),
     "fashion_mnist": DatasetInfo(1, 28, 10, mnist_idx.FASHION_MNIST),
     "svhn": DatasetInfo(3, 32, 10, svhn.SVHN),
     "smallnorb": DatasetInfo(smallnorb.CHANNELS, smallnorb.SIZE, 5, smallnorb.SMALLNORB),
 }
 assert tuple(DATASET_INFO) == DATASETS, "DATASET_INFO must cover config.DATASETS"
-assert DATASET_INFO["multimnist"].size == multimnist.MNIST_SIZE + 2 * 4
 
 
 # --------------------------------------------------------------------------------------------
