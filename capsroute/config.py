@@ -18,8 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsroute.errors import ConfigError
 
-# multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files
-DATASETS = ("mnist", "cifar10", "multimnist")
+# multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files;
+# svhn and smallnorb: the paper's Section 7; fashion_mnist: the usual next step after MNIST
+DATASETS = ("mnist", "cifar10", "multimnist", "fashion_mnist", "svhn", "smallnorb")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # capsnet: the CapsNet of Section 4; baseline_cnn: the paper's baseline CNN (capsroute.baseline)
 MODEL_KINDS = ("capsnet", "baseline_cnn")
@@ -104,6 +105,9 @@ class ModelConfig:
     weight_std: float = 0.1  # W_ij ~ truncated normal (2 std), as the official code's weights
     none_of_the_above: bool = False  # an extra routing target with no class (paper's CIFAR-10)
     reconstruction: bool = True
+    # per-image standardisation of the input (the official smallNORB code); the decoder still
+    # reconstructs the [0, 1] pixels
+    standardize: bool = False
     decoder_hidden: list[int] = field(default_factory=lambda: [512, 1024])
     recon_weight: float = 0.0005
     m_plus: float = 0.9
@@ -331,6 +335,7 @@ ADDED_KEYS: dict[str, Any] = {
     "model.cnn_dropout": 0.5,
     "dataset.overlay_shift": 4,
     "dataset.cache_dir": "outputs/cache",
+    "model.standardize": False,
 }
 
 

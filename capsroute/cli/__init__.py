@@ -366,7 +366,11 @@ def ensemble(
 @data_cli.command("download")
 def data_download(
     dataset: Annotated[
-        str, typer.Option(help="Comma-separated: mnist,cifar10 (multimnist: its MNIST files)")
+        str,
+        typer.Option(
+            help="Comma-separated: mnist,cifar10,fashion_mnist,svhn,smallnorb "
+            "(multimnist: its MNIST files)"
+        ),
     ] = "mnist,cifar10",
     root: Annotated[
         Path | None, typer.Option(help="Data root (default: $CAPSROUTE_DATA or ./data)")

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from capsroute.config import ModelConfig, RoutingConfig, iterations_allowed
 from capsroute.nn.losses import LossParts, capsule_loss
+from capsroute.nn.standardize import standardize_images
 from capsroute.routing import RoutingResult, dynamic_routing, squash
 
 
@@ -274,6 +275,7 @@ class CapsNet(nn.Module):
         channels, height, width = input_shape
         self.input_shape, self.num_classes = input_shape, num_classes
         self.targets = targets  # classes per image (MultiMNIST: 2), decoded without labels
+        self.standardize = model.standardize  # per-image standardisation before conv1
         self.conv1 = nn.Conv2d(channels, model.conv1_channels, kernel_size=model.conv1_kernel)
         self.primary = PrimaryCaps(
             model.conv1_channels,
@@ -324,7 +326,8 @@ class CapsNet(nn.Module):
         and no labels (the T longest capsules), each class is decoded on its own, giving
         (B, T, C*H*W). `iterations` overrides the configured r.
         """
-        features = torch.relu(self.conv1(images))  # (B, 256, 20, 20) for MNIST
+        inputs = standardize_images(images) if self.standardize else images
+        features = torch.relu(self.conv1(inputs))  # (B, 256, 20, 20) for MNIST
         primary = self.primary(features)  # (B, 1152, 8) for MNIST
         routed = self.digit(primary, iterations, diagnostics)  # v: (B, n_parents, 16)
         capsules = routed.v[:, : self.num_classes]  # drop the none-of-the-above capsule
