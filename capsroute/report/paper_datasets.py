@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from capsroute.report.paper import _error_text, method_of
+from capsroute.report.paper import error_text, method_of
 
 # dataset -> the paper's test error in %, reported for r = 3
 SECTION7_ERRORS: dict[str, float] = {"smallnorb": 2.7, "svhn": 4.3}
@@ -56,7 +56,7 @@ def section7_table(runs: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]])
                     "dataset": dataset,
                     "routing": r,
                     "n": len(cell),
-                    "test error % (ours)": _error_text(
+                    "test error % (ours)": error_text(
                         [100 * float(run.final_test_error) for run in cell]
                     ),
                     "test error % (paper)": f"{paper_error:.1f}" if r == PAPER_ROUTING else "–",
