@@ -21,11 +21,6 @@ from capsroute.nn.official import official_init, output_size, pad_input
 from capsroute.routing import RoutingResult, dynamic_routing, squash
 
 
-def conv_output_size(size: int, kernel: int, stride: int = 1) -> int:
-    """Spatial size after a 'valid' (unpadded) convolution."""
-    return (size - kernel) // stride + 1
-
-
 class _ConvDilatedWeightGrad(torch.autograd.Function):
     """A bias-ful, unpadded, strided conv2d whose weight gradient is a dilated convolution.
 
