@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
+from capsroute.cli.info import run_info
+from capsroute.hydra_app import load_config
 from tests.cli.test_cli import run_cli
 from tests.conftest import TINY_MODEL
 
@@ -24,6 +27,16 @@ TINY_ONE_EPOCH = [
     "train.progress=false",
     *TINY_MODEL,
 ]
+
+
+def test_info_shows_the_official_cifar10_parameter_count(tmp_path: Path) -> None:
+    """`capsroute info experiment=official_cifar10`: 22,476,448, the official graph's count
+    (shapes only: the network is built on the meta device, and no data are read)."""
+    config = load_config(["experiment=official_cifar10", f"dataset.root={tmp_path}"])
+    with torch.device("meta"):
+        details = run_info(config)
+    assert details["parameters"] == {"total": 22_476_448, "without_decoder": 22_476_448}
+    assert details["primary_capsules"] == 9216 and details["input_shape"] == [3, 24, 24]
 
 
 @pytest.mark.parametrize(
