@@ -1,6 +1,7 @@
 """Official-code mode end to end, through the real `capsroute` entry point on tiny real data:
 each official preset trains one epoch, and a `routing.leaky=false,true` sweep is a study that
-`capsroute report` groups by the switch."""
+`capsroute report` groups by the switch. official_cifar10 (every switch but add_clip) runs in
+`make test`; official_mnist and official_multimnist are marked slow (`make test-all`)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ def test_info_shows_the_official_cifar10_parameter_count(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("preset", "expected"),
     [
-        ("official_mnist", {"dataset.name": "mnist", "routing.leaky": False}),
+        pytest.param(
+            "official_mnist",
+            {"dataset.name": "mnist", "routing.leaky": False},
+            marks=pytest.mark.slow,  # its switches are all in official_cifar10 (unit-tested)
+        ),
         (
             "official_cifar10",
             {
@@ -53,7 +58,11 @@ def test_info_shows_the_official_cifar10_parameter_count(tmp_path: Path) -> None
                 "routing.leaky": True,
             },
         ),
-        ("official_multimnist", {"dataset.combine": "add_clip", "model.reconstruction": True}),
+        pytest.param(
+            "official_multimnist",
+            {"dataset.combine": "add_clip", "model.reconstruction": True},
+            marks=pytest.mark.slow,  # add_clip is unit-tested in tests/data/test_distort.py
+        ),
     ],
 )
 def test_official_preset_trains_end_to_end(
