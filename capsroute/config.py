@@ -28,12 +28,22 @@ ROUTING_GRADS = ("all", "last")
 # dynamic: Procedure 1; uniform: every c_ij = 1/n_out; random: c_i = softmax(random logits / T).
 # The two controls have no agreement step (Paik et al. 2019 compare routing against them).
 ROUTING_MODES = ("dynamic", "uniform", "random")
+# paper: the paper's text (capsroute's default); official: the authors' TensorFlow code
+# (Sarasra/models, research/capsules). README "Paper mode and official-code mode".
+FORMS = ("paper", "official")
+PADDINGS = ("valid", "same")  # same: TensorFlow's 'SAME' (uneven when the total is odd)
+INITS = ("torch", "official")  # official: variables.py's truncated normals and 0.1 biases
+COMBINES = ("max", "add_clip")  # MultiMNIST overlay: pixel-wise max, or sum clipped at 255
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{name} must be one of {', '.join(allowed)}, got '{value}'")
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -63,8 +73,17 @@ class DatasetConfig:
     overlay_shift: int = 4
     # where generated datasets (MultiMNIST) are cached; the data root may be read-only
     cache_dir: str = "${out_root}/cache"
+    # official: CIFAR-10 random brightness and contrast, then per-image standardisation
+    distort: str = "paper"
+    combine: str = "max"  # MultiMNIST overlay: max (capsroute) or add_clip (official code)
 
     def __post_init__(self) -> None:
+        _choice("dataset.distort", self.distort, FORMS)
+        _choice("dataset.combine", self.combine, COMBINES)
+        _require(
+            self.distort == "paper" or self.name == "cifar10",
+            "dataset.distort=official is the official CIFAR-10 input pipeline: use dataset=cifar10",
+        )
         _require(
             self.name in DATASETS,
             f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}",
@@ -118,8 +137,18 @@ class ModelConfig:
     cnn_kernel: int = 5
     cnn_hidden: list[int] = field(default_factory=lambda: [328, 192])
     cnn_dropout: float = 0.5
+    # official-code mode switches (README "Paper mode and official-code mode"):
+    padding: str = "valid"  # conv1 and PrimaryCaps: valid (paper) or TensorFlow 'same'
+    # PrimaryCaps as the official conv_slim_capsule: one routing pass over the types, i.e.
+    # squash(conv / T + b), T = types (+1 with routing.leaky), b per (type, unit)
+    primary_routing: bool = False
+    init: str = "torch"  # torch defaults, or the official truncated normals and 0.1 biases
+    loss_form: str = "paper"  # official: margin loss x 1/(2K) (x0.5, mean over the K classes)
 
     def __post_init__(self) -> None:
+        _choice("model.padding", self.padding, PADDINGS)
+        _choice("model.init", self.init, INITS)
+        _choice("model.loss_form", self.loss_form, FORMS)
         _require(
             self.kind in MODEL_KINDS,
             f"unknown model.kind '{self.kind}'; choose one of: {', '.join(MODEL_KINDS)}",
@@ -183,6 +212,9 @@ class RoutingConfig:
     grad: str = "all"
     mode: str = "dynamic"
     temperature: float = 1.0  # random mode: logits ~ N(0, 1) / temperature (lower: sharper)
+    # the official code's leaky routing: a constant logit 0 joins the softmax over parents and
+    # is dropped, so c_ij = e^b_ij / (1 + sum_k e^b_ik) (no capsule, no W for the leak)
+    leaky: bool = False
 
     @property
     def effective_iterations(self) -> int:
@@ -234,8 +266,10 @@ class TrainConfig:
     nonfinite: str = "fail"
     # stop after this many epochs without a higher validation accuracy (needs dataset.val_size)
     early_stopping_patience: int | None = None
+    lr_min: float = 0.0  # floor of the decayed lr (the official code's: 1e-6)
 
     def __post_init__(self) -> None:
+        _require(self.lr_min >= 0, f"train.lr_min must be >= 0, got {self.lr_min}")
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.eval_batch_size", self.eval_batch_size)
@@ -336,6 +370,14 @@ ADDED_KEYS: dict[str, Any] = {
     "dataset.overlay_shift": 4,
     "dataset.cache_dir": "outputs/cache",
     "model.standardize": False,
+    "dataset.distort": "paper",
+    "dataset.combine": "max",
+    "model.padding": "valid",
+    "model.primary_routing": False,
+    "model.init": "torch",
+    "model.loss_form": "paper",
+    "routing.leaky": False,
+    "train.lr_min": 0.0,
 }
 
 

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from capsroute.config import DatasetConfig
 from capsroute.data import multimnist
+from capsroute.data.distort import distort_train, standardise
 from capsroute.data.files import DATASET_INFO, ImageTensors, load_split
 from capsroute.errors import ConfigError
 
@@ -202,7 +203,7 @@ def _multimnist_splits(cfg: DatasetConfig, seed: int) -> Splits:
     pool, val_index = train_val_indices(source.labels, None, cfg.val_size, seed)
 
     def generate(digits: ImageTensors, split: str, size: int, spec_seed: int) -> ImageTensors:
-        spec = multimnist.MultiMNISTSpec(split, size, cfg.overlay_shift, spec_seed)
+        spec = multimnist.MultiMNISTSpec(split, size, cfg.overlay_shift, spec_seed, cfg.combine)
         made = multimnist.load_or_generate(digits.images, digits.labels, spec, Path(cfg.cache_dir))
         parts = made.parts(digits.images).unsqueeze(2)  # (M, 2, 1, S, S)
         return ImageTensors(made.images, made.labels, parts)
@@ -351,7 +352,8 @@ def train_batches(
        labels int64 (B,), and MultiMNIST's digits alone), all on `device`.
     The order is `torch.randperm(N, generator=generator)`; the
        last partial batch is kept. Each batch is moved to `device` as uint8 and augmented there
-       (translation by up to `cfg.shift` px, random `cfg.crop` window, random horizontal flip),
+       (translation by up to `cfg.shift` px, random `cfg.crop` window, random horizontal flip;
+       with `cfg.distort="official"` then brightness, contrast and standardisation),
        with the random numbers drawn on the CPU from `generator`, which must be a CPU generator.
        Arguments are checked and the order drawn when this is called, not at the first batch.
     """
@@ -368,7 +370,10 @@ def train_batches(
             images = data.images[index].to(device)  # (B, C, H, W) uint8
             labels = data.labels[index].to(device)  # (B,) or (B, 2)
             aug = sample_augmentation(int(index.shape[0]), cfg, size, generator)
-            yield Batch(to_float(augment(images, aug)), labels, digit_parts(data, index, device))
+            floats = to_float(augment(images, aug))  # (B, C, H', W') in [0, 1]
+            if cfg.distort == "official":  # brightness, contrast, standardisation
+                floats = distort_train(floats, generator)
+            yield Batch(floats, labels, digit_parts(data, index, device))
 
     return batches()
 
@@ -378,8 +383,9 @@ def eval_batches(
 ) -> Iterator[Batch]:
     """The split in order, unaugmented except for a centre crop to `cfg.crop` when set.
 
-    Yields `Batch`es (images float32 (B, C, H', W') in [0, 1], labels int64) on `device`. The
-    crop corner is placed as torchvision's `CenterCrop` places it.
+    Yields `Batch`es (images float32 (B, C, H', W') in [0, 1], or standardised with
+    `cfg.distort="official"`; labels int64) on `device`. The crop corner is placed as
+    torchvision's `CenterCrop` places it.
     """
     num_batches(len(data), batch_size)
     height, width = data.images.shape[-2:]
@@ -394,6 +400,9 @@ def eval_batches(
             # (B, C, side, side) uint8
             labels = data.labels[start:stop].to(device)
             parts = digit_parts(data, slice(start, stop), device)
-            yield Batch(to_float(images.to(device)), labels, parts)
+            floats = to_float(images.to(device))
+            if cfg.distort == "official":  # the official test images are standardised too
+                floats = standardise(floats)
+            yield Batch(floats, labels, parts)
 
     return batches()

@@ -9,15 +9,6 @@ still reconstructs the [0, 1] pixels (the sigmoid decoder cannot produce standar
 
 from __future__ import annotations
 
-import math
+from capsroute.data.distort import standardise as standardize_images  # one implementation
 
-from torch import Tensor
-
-
-def standardize_images(images: Tensor) -> Tensor:
-    """(B, C, H, W) -> the same images, each with zero mean and unit variance (TF's rule)."""
-    flat = images.flatten(1)  # (B, C*H*W)
-    mean = flat.mean(dim=1, keepdim=True)
-    std = flat.std(dim=1, unbiased=False, keepdim=True)
-    floor = 1.0 / math.sqrt(flat.shape[1])
-    return ((flat - mean) / std.clamp_min(floor)).view_as(images)
+__all__ = ["standardize_images"]

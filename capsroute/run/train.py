@@ -65,6 +65,7 @@ from capsroute.run.record import (
     stops_early,
     write_summary,
 )
+from capsroute.run.schedule import lr_multiplier
 
 log = logging.getLogger("capsroute")
 
@@ -108,9 +109,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: config.train.lr_decay_rate ** (step / config.train.lr_decay_steps)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train))
     scaler = grad_scaler(device, config.train.precision)
     state = TrainState(epoch=0, step=0, metrics=[], routing=[], wall_seconds=0.0)
     if checkpoint is not None:

@@ -55,7 +55,8 @@ from capsroute.device import (
 )
 from capsroute.errors import ConfigError
 from capsroute.nn import build_model
-from capsroute.nn.capsnet import CapsNet, conv_output_size
+from capsroute.nn.capsnet import CapsNet
+from capsroute.nn.official import output_size, pad_for
 from capsroute.run.evaluate import classify
 from capsroute.run.graph_step import bench_replay, graph_unsupported
 from capsroute.run.train import setup_torch, train_step
@@ -103,8 +104,9 @@ def flop_counts(
     are O(N_in * N_out), below 1% of the total).
     """
     channels, height, width = shape
-    h1, w1 = (conv_output_size(s, model.conv1_kernel) for s in (height, width))
-    h2, w2 = (conv_output_size(s, model.primary_kernel, model.primary_stride) for s in (h1, w1))
+    pad, kernel, stride = model.padding, model.primary_kernel, model.primary_stride
+    h1, w1 = (output_size(s, model.conv1_kernel, 1, pad) for s in (height, width))
+    h2, w2 = (output_size(s, kernel, stride, pad) for s in (h1, w1))
     primary_channels = model.primary_types * model.primary_dim
     n_in = model.primary_types * h2 * w2
     n_out = num_classes + int(model.none_of_the_above)
@@ -230,9 +232,12 @@ def measure_ceiling(
     FLOPs), at this batch size and precision: what the hardware gives the dominant layer."""
     conv = model.primary.conv
     _, height, width = model.input_shape
-    side = [conv_output_size(s, model.conv1.kernel_size[0]) for s in (height, width)]
-    features = torch.rand(batch, conv.in_channels, *side, device=device, requires_grad=True)
-    out_side = [conv_output_size(s, conv.kernel_size[0], conv.stride[0]) for s in side]
+    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], model.padding
+    side = [output_size(s, model.conv1.kernel_size[0], 1, padding) for s in (height, width)]
+    left, right, top, bottom = pad_for(side[0], side[1], kernel, stride, padding)
+    padded = (side[0] + top + bottom, side[1] + left + right)  # what convolve() is given
+    features = torch.rand(batch, conv.in_channels, *padded, device=device, requires_grad=True)
+    out_side = [output_size(s, kernel, stride, padding) for s in side]
     flops = 3.0 * 2 * conv.in_channels * conv.kernel_size[0] ** 2 * conv.out_channels
     flops *= out_side[0] * out_side[1] * batch
 

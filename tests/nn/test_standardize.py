@@ -23,8 +23,8 @@ def test_each_image_gets_zero_mean_and_unit_variance() -> None:
     flat_image = torch.full((1, 2, 8, 8), 0.7)
     assert torch.allclose(standardize_images(flat_image), torch.zeros_like(flat_image), atol=1e-5)
     one = torch.zeros(1, 1, 2, 2)
-    one[0, 0, 0, 0] = 1.0  # mean 0.25, std sqrt(3)/4 = 0.433 < the floor 1/sqrt(4)
-    expected = 0.75 / max(math.sqrt(3) / 4, 1 / 2)
+    one[0, 0, 0, 0] = 1.0  # on TF's 0-255 scale: mean 63.75, std 255 sqrt(3)/4 > floor 1/2
+    expected = 0.75 / max(math.sqrt(3) / 4, 1 / 2 / 255)
     assert math.isclose(float(standardize_images(one)[0, 0, 0, 0]), expected, rel_tol=1e-6)
 
 
