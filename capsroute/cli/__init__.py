@@ -221,19 +221,34 @@ def evaluate(
     data_root: Annotated[
         Path | None, typer.Option("--data-root", help="Default: the run's dataset.root.")
     ] = None,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Score on another test set of the same input shape instead: affnist, "
+            "affine_mnist (an affNIST approximation) or mnist40 -> RUN_DIR/eval_cross.csv.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate trained runs at other routing iterations: RUN_DIR/eval_iters.csv.
 
     Loads each run's checkpoint and config; at the run's own r (and routing mode) the numbers
     repeat the run's final epoch exactly. `capsroute report` then shows training r x eval r.
+    With --dataset, a mnist40 run is scored on affNIST (Section 5.2) and `capsroute report`
+    shows its robustness table.
     """
     from capsroute.study.eval_r import (
-        EVAL_ITERS_FILE,
         SPLITS,
+        VIEWPOINT_DATASETS,
         evaluate_runs,
         reproduction_line,
         results_table,
     )
+
+    if dataset is not None:
+        dataset = parse_choice(dataset, "--dataset", VIEWPOINT_DATASETS, "dataset")
+        if split != "test":
+            raise ConfigError("--dataset scores another set's test images: drop --split")
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # the table is wide
     for result in evaluate_runs(
@@ -242,12 +257,13 @@ def evaluate(
         parse_choice(split, "--split", SPLITS, "split"),
         device,
         data_root,
+        dataset,
     ):
         console.print(results_table(result))
         line = reproduction_line(result)
         if line:
             console.print(line, highlight=False)
-        console.print(f"wrote {result.run_dir / EVAL_ITERS_FILE}", highlight=False)
+        console.print(f"wrote {result.run_dir / result.output_file}", highlight=False)
 
 
 @cli.command(context_settings=EXTRA_ARGS)

@@ -143,6 +143,10 @@ def make_splits(cfg: DatasetConfig, seed: int, device: torch.device) -> Splits:
     """
     if cfg.name == "multimnist":
         return _placed(_multimnist_splits(cfg, seed), cfg, device)
+    if cfg.name == "mnist40":
+        from capsroute.data.viewpoint import mnist40_splits  # viewpoint builds on this module
+
+        return _placed(mnist40_splits(cfg, seed), cfg, device)
     train_full = load_split(cfg, train=True)
     test_full = load_split(cfg, train=False)
     train_index, val_index = train_val_indices(

@@ -14,6 +14,7 @@ what is wrong and what to do about it; raw torchvision / pickle exceptions never
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pickle
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from capsroute.config import DATASETS, DatasetConfig
-from capsroute.data import multimnist
+from capsroute.data import affnist, canvas, multimnist
 from capsroute.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -81,9 +82,17 @@ DATASET_INFO["multimnist"] = DatasetInfo(
     targets=2,
     source="mnist",
 )
+# Section 5.2: MNIST on 40x40 (capsroute.data.viewpoint), an affNIST approximation generated
+# from MNIST (capsroute.data.affine_mnist), and affNIST's own files (capsroute.data.affnist;
+# its "train" split is affNIST's validation file, for `data check` only, never trained on).
+for _name in ("mnist40", "affine_mnist"):
+    DATASET_INFO[_name] = dataclasses.replace(
+        DATASET_INFO["multimnist"], size=canvas.CANVAS, targets=1
+    )
+DATASET_INFO["affnist"] = DatasetInfo(1, canvas.CANVAS, 10, affnist.FILES)
 assert tuple(DATASET_INFO) == DATASETS, "DATASET_INFO must cover config.DATASETS"
 
-_LAYOUT = {"mnist": _MNIST_DIR, "cifar10": _CIFAR_DIR}
+_LAYOUT = {"mnist": _MNIST_DIR, "cifar10": _CIFAR_DIR, "affnist": affnist.FOLDER}
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +279,8 @@ def download(name: str, root: str | Path) -> None:
         raise ConfigError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASET_INFO)}")
     name = DATASET_INFO[name].source or name  # MultiMNIST: its MNIST files
     path = _resolve_root(root)
+    if name == "affnist":
+        return affnist.download(path)
     try:
         _torchvision_class(name)(str(path), train=True, download=True)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError, ...
@@ -478,6 +489,10 @@ def _load(name: str, root: Path, train: bool, download: bool, verify: bool) -> I
     """One full split of `name` under the absolute `root`, validated, on the CPU."""
     if name == "mnist":
         images, labels = _load_mnist(root, train, download)
+    elif name == "affnist":
+        if download and _missing_files(name, root):
+            affnist.download(root)
+        images, labels = affnist.load(root, train)
     elif verify:
         images, labels = _load_cifar_verified(root, train, download)
     else:
