@@ -326,15 +326,25 @@ def viz(
     examples: Annotated[
         int, typer.Option("--examples", help="Correct and wrong test images shown, each.")
     ] = 8,
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            "--dataset",
+            help="Draw another test set of the run's shape: affine_mnist, affnist, mnist40.",
+        ),
+    ] = None,
 ) -> None:
     """The paper's pictures of a trained CapsNet: reconstructions, the 16 capsule dimensions
     perturbed (Fig. 4), and the coupling coefficients after each routing iteration."""
+    from capsroute.study.eval_r import VIEWPOINT_DATASETS
     from capsroute.study.viz import make_figures
 
     if examples < 1:
         raise ConfigError(f"--examples must be >= 1, got {examples}")
+    if dataset is not None:
+        dataset = parse_choice(dataset, "--dataset", VIEWPOINT_DATASETS, "dataset")
     with exit_on_error():
-        for path in make_figures(run_dir, out, data_root, examples):
+        for path in make_figures(run_dir, out, data_root, examples, dataset):
             typer.echo(f"wrote {path}")
 
 
