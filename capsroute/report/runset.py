@@ -358,6 +358,8 @@ def _tidy(frames: list[pd.DataFrame], axes: list[str]) -> pd.DataFrame:
 
     An axis whose values are not all numbers (or holds None) becomes text, so it sorts.
     """
+    # runs without rows (a baseline CNN's routing) would turn every column into objects
+    frames = [frame for frame in frames if not frame.empty]
     if not frames:
         return pd.DataFrame(columns=[*KEY_COLUMNS, *axes])
     frame = pd.concat(frames, ignore_index=True)
