@@ -40,6 +40,9 @@ def write_runs(root: Path, validated: bool, seeds: int = 3) -> Path:
                 # another eval r: not the run's own routing, so not in the table
                 {"epoch": 2, "dataset": "affine_mnist", "mode": "dynamic", "train_r": r,
                  "eval_r": r + 1, "images": 100, "accuracy": 0.1, "own_test_acc": None},
+                # its own test set again (evaluate --dataset mnist40): no drop to report
+                {"epoch": 2, "dataset": "mnist40", "mode": "dynamic", "train_r": r,
+                 "eval_r": r, "images": 100, "accuracy": own, "own_test_acc": own},
                 # an older checkpoint's row: ignored
                 {"epoch": 1, "dataset": "affine_mnist", "mode": "dynamic", "train_r": r,
                  "eval_r": r, "images": 100, "accuracy": 0.2, "own_test_acc": 0.5},
@@ -75,7 +78,8 @@ def test_table_holds_mean_and_std_of_own_other_and_drop_beside_the_paper(
     assert robustness.TITLE in markdown and "robustness_vs_r" in markdown
     assert (report.out_dir / "figures" / robustness.FIGURE).stat().st_size > 0
     saved = pd.read_csv(report.out_dir / "robustness.csv")
-    assert len(saved) == 9 and saved["drop"].round(4).tolist().count(0.19) == 1
+    assert len(saved) == 9 and set(saved["eval_dataset"]) == {"affine_mnist"}
+    assert saved["drop"].round(4).tolist().count(0.19) == 1
 
 
 @pytest.mark.parametrize(
