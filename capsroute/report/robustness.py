@@ -192,7 +192,8 @@ def robustness_figure(rows: pd.DataFrame, path: Path) -> Path:
             if not cnn.empty:
                 ax.axhline(100 * cnn[column].mean(), color=colour, linestyle="--",
                            label=f"baseline CNN, {label}")  # fmt: skip
-        ax.set_title(SET_NAMES.get(other, other), fontsize=9)
+        ax.set_xticks(sorted(block.loc[block["model"] == "capsnet", "r"].unique()))
+        ax.set_title(f"{SET_NAMES.get(other, other)}: mean ± std over seeds", fontsize=9)
         ax.set_xlabel("training r (evaluated at its own r)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(True, alpha=0.3)
