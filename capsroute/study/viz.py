@@ -42,7 +42,7 @@ from capsroute.data.viewpoint import evaluation_set
 from capsroute.errors import ConfigError
 from capsroute.io import atomic_write_bytes
 from capsroute.nn.capsnet import CapsNet, correct_predictions, predicted_classes
-from capsroute.run.checkpoint import load_trained
+from capsroute.run import checkpoint
 from capsroute.study.eval_r import check_same_shape
 
 DPI = 110
@@ -81,7 +81,8 @@ def load_run(
 
     `data_root` replaces the saved `dataset.root` (runs move between machines).
     """
-    config, model = load_trained(Path(run_dir), data_root)
+    trained = checkpoint.load_run(Path(run_dir), data_root)
+    config, model = trained.config, trained.model
     if not isinstance(model, CapsNet):
         raise ConfigError(f"{run_dir} is not a CapsNet run: viz draws capsules and routing")
     dataset = dataclasses.replace(
