@@ -23,6 +23,7 @@ from capsroute.errors import ConfigError
 # from MNIST) and affnist are test sets only, scored with `capsroute evaluate RUN --dataset`
 DATASETS = ("mnist", "cifar10", "multimnist", "mnist40", "affine_mnist", "affnist")
 EVAL_ONLY_DATASETS = ("affine_mnist", "affnist")
+VIEWPOINT_DATASETS = ("mnist40", *EVAL_ONLY_DATASETS)  # the 1x40x40 sets of Section 5.2
 PRECISIONS = ("fp32", "bf16", "fp16")
 # capsnet: the CapsNet of Section 4; baseline_cnn: the paper's baseline CNN (capsroute.baseline)
 MODEL_KINDS = ("capsnet", "baseline_cnn")

@@ -25,6 +25,7 @@ from capsroute.cli.options import (
     parse_choice,
     parse_dataset_list,
     parse_int_list,
+    parse_other_dataset,
     parse_precisions,
 )
 from capsroute.config import to_config
@@ -32,6 +33,11 @@ from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+OtherDataset = Annotated[
+    str | None,
+    typer.Option("--dataset", help="Another test set of the run's shape: affnist, affine_mnist "
+                 "(an affNIST approximation), mnist40. evaluate -> RUN_DIR/eval_cross.csv."),
+]  # fmt: skip
 ConfigDir = Annotated[
     Path | None,
     typer.Option(
@@ -221,34 +227,22 @@ def evaluate(
     data_root: Annotated[
         Path | None, typer.Option("--data-root", help="Default: the run's dataset.root.")
     ] = None,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset",
-            help="Score on another test set of the same input shape instead: affnist, "
-            "affine_mnist (an affNIST approximation) or mnist40 -> RUN_DIR/eval_cross.csv.",
-        ),
-    ] = None,
+    dataset: OtherDataset = None,
 ) -> None:
     """Evaluate trained runs at other routing iterations: RUN_DIR/eval_iters.csv.
 
     Loads each run's checkpoint and config; at the run's own r (and routing mode) the numbers
     repeat the run's final epoch exactly. `capsroute report` then shows training r x eval r.
-    With --dataset, a mnist40 run is scored on affNIST (Section 5.2) and `capsroute report`
-    shows its robustness table.
+    --dataset scores another test set (Section 5.2); `capsroute report` shows the robustness.
     """
     from capsroute.study.eval_r import (
         SPLITS,
-        VIEWPOINT_DATASETS,
         evaluate_runs,
         reproduction_line,
         results_table,
     )
 
-    if dataset is not None:
-        dataset = parse_choice(dataset, "--dataset", VIEWPOINT_DATASETS, "dataset")
-        if split != "test":
-            raise ConfigError("--dataset scores another set's test images: drop --split")
+    dataset = parse_other_dataset(dataset, split)
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # the table is wide
     for result in evaluate_runs(
@@ -326,23 +320,15 @@ def viz(
     examples: Annotated[
         int, typer.Option("--examples", help="Correct and wrong test images shown, each.")
     ] = 8,
-    dataset: Annotated[
-        str | None,
-        typer.Option(
-            "--dataset",
-            help="Draw another test set of the run's shape: affine_mnist, affnist, mnist40.",
-        ),
-    ] = None,
+    dataset: OtherDataset = None,
 ) -> None:
     """The paper's pictures of a trained CapsNet: reconstructions, the 16 capsule dimensions
     perturbed (Fig. 4), and the coupling coefficients after each routing iteration."""
-    from capsroute.study.eval_r import VIEWPOINT_DATASETS
     from capsroute.study.viz import make_figures
 
     if examples < 1:
         raise ConfigError(f"--examples must be >= 1, got {examples}")
-    if dataset is not None:
-        dataset = parse_choice(dataset, "--dataset", VIEWPOINT_DATASETS, "dataset")
+    dataset = parse_other_dataset(dataset)
     with exit_on_error():
         for path in make_figures(run_dir, out, data_root, examples, dataset):
             typer.echo(f"wrote {path}")

@@ -21,6 +21,10 @@ MNIST_SIDE = 28
 CANVAS = 40  # affNIST's side
 PAD = (CANVAS - MNIST_SIDE) // 2  # 6 px of background on every side of a centred digit
 MAX_SHIFT = PAD  # the official code's --shift=6: every placement keeps the digit box inside
+# Fixed placement seeds: the expanded-MNIST test set and the validation placements are the
+# same for every run (the validation digits themselves depend on the run's seed).
+EXPANDED_TEST_SEED = 2017
+VALIDATION_PLACEMENT_SEED = 2018
 
 
 def centre(images: Tensor) -> Tensor:
@@ -53,3 +57,9 @@ def place(images: Tensor, offsets: Tensor) -> Tensor:
     batch = torch.arange(n)[:, None, None]
     moved = canvas[batch, 0, rows[:, :, None], cols[:, None, :]]  # (N, 40, 40)
     return moved.masked_fill(~inside, 0).unsqueeze(1)
+
+
+def expanded_test(digits: Tensor) -> Tensor:
+    """The expanded-MNIST test images: all MNIST test digits (N, 1, 28, 28), each placed once at
+    a shift drawn from `EXPANDED_TEST_SEED` -> (N, 1, 40, 40) uint8."""
+    return place(digits, placement_offsets(digits.shape[0], EXPANDED_TEST_SEED))

@@ -34,10 +34,10 @@ from typing import Any
 
 import torch
 
-from capsroute.config import Config, effective_iterations
+from capsroute.config import VIEWPOINT_DATASETS, Config, effective_iterations
 from capsroute.data.batches import Splits, input_shape, make_splits
 from capsroute.data.files import DATASET_INFO, ImageTensors
-from capsroute.data.viewpoint import VIEWPOINT_DATASETS, evaluation_set
+from capsroute.data.viewpoint import evaluation_set
 from capsroute.errors import CheckpointError, ConfigError
 from capsroute.io import write_csv
 from capsroute.nn.capsnet import CapsNet

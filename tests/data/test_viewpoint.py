@@ -94,6 +94,7 @@ def test_mnist40_splits_on_real_mnist(data_root: Path, tmp_path: Path) -> None:
     assert int(splits.train.images[:, :, :6].sum()) == 0
     # the expanded-MNIST test set is placed from a fixed seed: the same for every call
     again = viewpoint.evaluation_set(cfg, "mnist40", seed=0)
+    assert canvas.EXPANDED_TEST_SEED != canvas.VALIDATION_PLACEMENT_SEED
     assert torch.equal(again.images, splits.test.images)
     assert int(splits.test.images[:, :, :6].sum()) > 0  # placed digits leave the centre box
     # the affine set is made from the same MNIST test digits, subset the same way

@@ -102,11 +102,10 @@ def test_affnist_files_are_read_in_the_published_layout(
     runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """An affNIST test file holding exactly the run's own test images scores what they score."""
-    from capsroute.run.checkpoint import load_checkpoint
-    from capsroute.study.eval_r import load_run_config
+    from capsroute.run.checkpoint import load_run
 
     run = runs["caps40"]
-    config = load_run_config(load_checkpoint(run / "checkpoint.pt"), run)
+    config = load_run(run).config
     own = evaluation_set(config.dataset, "mnist40", config.seed)
     images = own.images[:, 0].numpy()
     write_affnist(tmp_path / "affNIST/transformed/test.mat", images, own.labels.numpy(), True)
