@@ -16,12 +16,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from capsroute.config import VIEWPOINT_DATASETS, DatasetConfig
+from capsroute.config import DatasetConfig
 from capsroute.data import affine_mnist, affnist, canvas
 from capsroute.data.batches import balanced_subset
 from capsroute.data.files import ImageTensors, load_split
-
-__all__ = ["VIEWPOINT_DATASETS", "evaluation_set", "full_test_set"]
 
 
 def full_test_set(cfg: DatasetConfig, name: str) -> ImageTensors:
