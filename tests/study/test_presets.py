@@ -110,5 +110,6 @@ def test_paper_affnist_trains_on_mnist40_and_chooses_epochs_on_validation(tmp_pa
         None,
     )
     assert config.train.early_stopping_patience is not None
+    assert config.model.weight_std == 0.01  # mnist40's deviation, as MultiMNIST's
     cnn = hydra_app.load_config(["experiment=paper_affnist", "model=baseline_cnn"])
     assert (cnn.model.kind, cnn.dataset.name) == ("baseline_cnn", "mnist40")
