@@ -233,6 +233,18 @@ class TrainConfig:
 
 
 @dataclass
+class ReportConfig:
+    """`capsroute report` settings; they never change what a run trains."""
+
+    # Without a validation split, every r is compared with this r (pre-declared, paired by
+    # seed); None: r = 3 when the runs have it, else their smallest r.
+    reference_r: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive("report.reference_r", self.reference_r)
+
+
+@dataclass
 class Config:
     """One training run."""
 
@@ -240,6 +252,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
     device: str = "auto"
     out_root: str = "outputs"
@@ -355,6 +368,9 @@ RESUMABLE_KEYS = {
     "dataset.cache_dir",
     "out_root",
     "run_name",
+    # report settings (a config saved before they existed lacks the whole `report` section)
+    "report",
+    "report.reference_r",
 }
 
 

@@ -30,6 +30,7 @@ from capsroute.cli.options import (
 from capsroute.config import to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
+from capsroute.run.selection import headline_text
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigDir = Annotated[
@@ -81,14 +82,7 @@ def _train_task(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with exit_on_error():
         summary = train_run(to_config(cfg), run_dir)
-        log.info(
-            "%s: %s, final test accuracy %.2f%% (best %.2f%% at epoch %s)",
-            run_dir,
-            summary["status"],
-            100 * summary.get("final_test_acc", float("nan")),
-            100 * summary.get("best_test_acc", float("nan")),
-            summary.get("best_epoch", "-"),
-        )
+        log.info("%s: %s, %s", run_dir, summary["status"], headline_text(summary))
 
 
 @cli.command(context_settings=EXTRA_ARGS)
@@ -179,7 +173,8 @@ def report(
         list[Path] | None,
         typer.Argument(
             help="Sweep or run directories, or folders above them (default: newest "
-            "sweep under outputs/sweeps/).",
+            "sweep under OUT_ROOT/sweeps/); key=value config overrides (out_root=DIR, "
+            "report.reference_r=3).",
             show_default=False,
         ),
     ] = None,
@@ -192,14 +187,27 @@ def report(
     metric: Annotated[
         str, typer.Option("--metric", help="Headline metric: test_acc or test_error.")
     ] = "test_acc",
+    config_dir: ConfigDir = None,
 ) -> None:
     """Tables, figures and findings for a sweep: what does the number of routing iterations do?
 
     Runs still running, failed, or with damaged files are listed and left out of the numbers.
+    The config (out_root, report.*) is composed as for `capsroute train`.
     """
     from capsroute.report.build import make_report, parse_formats, print_report
 
-    made = make_report(paths or [], out, parse_formats(formats), metric)
+    args = paths or []
+    overrides = [str(a) for a in args if "=" in str(a) and not a.exists()]
+    config = hydra_app.load_config(overrides, config_dir)
+    inputs = [a for a in args if str(a) not in overrides]
+    made = make_report(
+        inputs,
+        out,
+        parse_formats(formats),
+        metric,
+        out_root=Path(config.out_root),
+        reference_r=config.report.reference_r,
+    )
     print_report(made, Console())
 
 

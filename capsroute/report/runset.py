@@ -29,7 +29,14 @@ from capsroute.run import rundir
 
 # Keys that say where things live or how progress is shown, never what was trained.
 BOOKKEEPING_KEYS = frozenset(
-    {"dataset.root", "dataset.download", "train.progress", "out_root", "run_name"}
+    {
+        "dataset.root",
+        "dataset.download",
+        "train.progress",
+        "out_root",
+        "run_name",
+        "report.reference_r",
+    }
 )
 FIXED_AXES = {"dataset": "dataset.name", "r": "routing.iterations", "seed": "seed"}
 # How swept config keys read in legends and sentences (tables keep the config key itself).
