@@ -147,8 +147,9 @@ def predeclared_sentence(
         return f"{text} Only r={ref} was run: r cannot be compared."
     found: list[Comparison] = compare(pairs)
     return (
-        f"{text} Pre-declared comparisons on the {words} (reference r={ref}: {why}; every "
-        f"control against every dynamic r), paired by seed, {adjustment_text(found)}: "
+        f"{text} Pre-declared comparisons on the {words} (reference r={ref}: {why}"
+        + ("; every control against every dynamic r" if controls else "")
+        + f"), paired by seed, {adjustment_text(found)}: "
         + "; ".join(comparison_text(c) for c in found)
         + "."
     )
