@@ -7,6 +7,8 @@ Two kinds of recorded value are not measurements and are removed (set to NaN) he
   `uniform` control) starts from zero logits, so c_ij = 1/J and the entropy is ln J whatever
   the network. That is the whole of r = 1, and iteration 1 of every r. The figures draw this
   constant as a dashed reference line instead of points;
+- the agreement cosine at those same iterations: with every c_ij equal, "the parent i couples
+  to most" is a tie, so the cosine there measures nothing (no reference line either);
 - |Δb| of the last iteration, an update that is computed but never applied to a coupling
   (runs recorded before this rule kept it; newer runs leave it empty).
 
@@ -24,18 +26,19 @@ from capsroute.run.rundir import WEIGHTED_DIAGNOSTICS
 # Coupling statistics: constants (not measurements) where the couplings are uniform.
 COUPLING_COLUMNS = ("entropy", "max_c", "polarised", "entropy_w", "max_c_w", "polarised_w")
 UNIFORM_START_MODES = ("dynamic", "uniform")  # modes whose first couplings are 1/J
+TIED_COLUMNS = ("agreement", "agreement_w")  # undefined where every coupling ties
 # The per-cell table at the last epoch: (column, header), at the last iteration except delta_b.
 TABLE_COLUMNS = (
     ("entropy", "entropy"),
-    ("entropy_w", "entropy (|u|-weighted)"),
+    ("entropy_w", "entropy (‖u‖-weighted)"),
     ("max_c", "max c"),
-    ("max_c_w", "max c (|u|-weighted)"),
+    ("max_c_w", "max c (‖u‖-weighted)"),
     ("polarised", "polarised"),
-    ("polarised_w", "polarised (|u|-weighted)"),
+    ("polarised_w", "polarised (‖u‖-weighted)"),
     ("agreement", "agreement cos"),
-    ("agreement_w", "agreement cos (|u|-weighted)"),
-)
-DELTA_B_HEADER = "mean |Δb| (last applied)"
+    ("agreement_w", "agreement cos (‖u‖-weighted)"),
+)  # no "|" in headers: it would split a markdown table cell
+DELTA_B_HEADER = "mean abs Δb (last applied)"
 
 
 def measured(routing: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -53,7 +56,8 @@ def measured(routing: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     uniform = (frame["iteration"] == 1) & mode.astype(str).isin(UNIFORM_START_MODES)
     columns = [c for c in COUPLING_COLUMNS if c in frame.columns]
     reference = frame.loc[uniform, ["dataset", *columns]].copy()
-    frame.loc[uniform, columns] = float("nan")
+    tied = [c for c in TIED_COLUMNS if c in frame.columns]
+    frame.loc[uniform, [*columns, *tied]] = float("nan")
     return frame, reference
 
 
@@ -92,8 +96,9 @@ def describe_split(routing: pd.DataFrame) -> str:
         "Routing diagnostics are measured "
         + " and ".join(where)
         + "; coupling statistics where the couplings are uniform by construction (iteration 1,"
-        " so all of r = 1) are drawn as a dashed reference line, not as measurements, and the"
-        " |Δb| of the last iteration (never applied) is dropped." + note
+        " so all of r = 1) are drawn as a dashed reference line, not as measurements, the"
+        " agreement there (a tie between parents) is omitted, and the |Δb| of the last"
+        " iteration (never applied) is dropped." + note
     )
 
 

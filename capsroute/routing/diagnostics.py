@@ -12,6 +12,9 @@ compare across r:
   different r. `agreement` is scale-free instead: the cosine between û_j*|i and v_j* for the
   parent j* that capsule i couples to most in that iteration.
 
+With zero initial logits the first iteration's couplings tie (c_ij = 1/J), so j* there is
+simply the first parent and `agreement` of that iteration means nothing; the report omits it.
+
 This pass re-runs the whole-batch reference routing (`reference.route`) on û in blocks of
 examples, so it needs only û, |u_i| and the initial logits, and leaves the training step and
 the CPU kernel untouched. It is meant for one evaluation split per epoch.

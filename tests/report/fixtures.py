@@ -79,12 +79,14 @@ def metrics_rows(
 
 
 def routing_rows(epochs: int, r: int) -> list[dict[str, Any]]:
-    """routing.csv rows: |Δb| shrinking and entropy falling with the iteration."""
+    """routing.csv rows: |Δb| shrinking (empty at the last iteration, never applied, as
+    training writes it) and entropy falling with the iteration, measured on the test set."""
     return [
         {
             "epoch": epoch,
             "iteration": k,
-            "delta_b": 0.1 / (k * epoch),
+            "split": "test",
+            "delta_b": 0.1 / (k * epoch) if k < r else None,
             "entropy": 2.302585 - 0.1 * (k - 1),
             "max_c": 0.1 + 0.05 * (k - 1),
         }

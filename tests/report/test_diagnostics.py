@@ -46,9 +46,10 @@ def test_last_delta_b_and_uniform_couplings_are_not_measurements() -> None:
     frame, reference = measured(routing_frame())
     r1 = frame[frame["run"] == "a"]
     r3 = frame[(frame["run"] == "b") & (frame["epoch"] == 2)].set_index("iteration")
-    # r = 1: every coupling statistic and its only |Δb| are gone; agreement stays
-    assert r1[["entropy", "max_c", "polarised", "entropy_w", "delta_b"]].isna().all().all()
-    assert r1["agreement_w"].tolist() == pytest.approx([0.31, 0.31])
+    # r = 1: every coupling statistic, the agreement (a tie) and its only |Δb| are gone
+    gone = ["entropy", "max_c", "polarised", "entropy_w", "agreement_w", "delta_b"]
+    assert r1[gone].isna().all().all()
+    assert r3["agreement_w"].tolist()[1:] == pytest.approx([0.61, 0.91])
     # r = 3: iteration 1 couplings are uniform, the |Δb| of iteration 3 is never applied
     assert math.isnan(r3.loc[1, "entropy"]) and r3.loc[2, "entropy"] == pytest.approx(1.8)
     assert r3["delta_b"].tolist()[:2] == pytest.approx([0.1, 0.2])
@@ -61,8 +62,9 @@ def test_last_delta_b_and_uniform_couplings_are_not_measurements() -> None:
 def test_diagnostics_table_at_the_last_epoch() -> None:
     table = diagnostics_table(routing_frame(), ["dataset", "r"]).set_index("r")
     assert table.loc[1, "entropy"] == "–" and table.loc[1, DELTA_B_HEADER] == "–"
-    assert table.loc[1, "agreement cos (|u|-weighted)"] == "0.3100"
-    assert table.loc[3, "entropy (|u|-weighted)"] == "1.6000"  # 1.9 - 0.3 at iteration 3
+    assert table.loc[1, "agreement cos (‖u‖-weighted)"] == "–"
+    assert table.loc[3, "agreement cos (‖u‖-weighted)"] == "0.9100"
+    assert table.loc[3, "entropy (‖u‖-weighted)"] == "1.6000"  # 1.9 - 0.3 at iteration 3
     assert table.loc[3, DELTA_B_HEADER] == "0.2000"  # iteration 2, the last applied
     assert table.loc[3, "n"] == 1
 
