@@ -27,6 +27,7 @@ from capsroute.report.stats import (
 LEVEL = 0.95  # family-wise confidence of every set of comparisons
 PREFERRED_REFERENCE_R = 3  # the paper's choice, the reference when the runs have it
 ADJUSTMENT = "Bonferroni"
+DEGENERATE_STD = 1e-9  # a spread of paired differences below this is rounding, not data
 MODE_AXIS = "routing.mode"  # the swept key of the routing controls
 DYNAMIC = "dynamic"  # its value for Procedure 1; any other value is a control
 
@@ -52,9 +53,15 @@ class Comparison:
         return len(self.seeds)
 
     @property
+    def degenerate(self) -> bool:
+        """The same difference in every seed (e.g. two runs stuck at chance): a zero-width t
+        interval that rests on no spread, so it decides nothing."""
+        return self.pairs >= 2 and self.diff.std <= DEGENERATE_STD
+
+    @property
     def direction(self) -> int:
-        """+1 (interval above 0), -1 (below 0), 0 (contains 0, or no interval)."""
-        if self.pairs < 2 or math.isnan(self.diff.ci_low):
+        """+1 (interval above 0), -1 (below 0), 0 (contains 0, no interval, or degenerate)."""
+        if self.pairs < 2 or math.isnan(self.diff.ci_low) or self.degenerate:
             return 0
         if self.diff.ci_low > 0:
             return 1

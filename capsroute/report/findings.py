@@ -27,6 +27,7 @@ from capsroute.config import TrainConfig
 from capsroute.report.compare import DYNAMIC, MODE_AXIS, Comparison, by_seed, compare, reference_r
 from capsroute.report.hypotheses import (
     METRIC_WORDS,
+    chance_text,
     choice_sentence,
     overfit_sentence,
     validated,
@@ -68,6 +69,13 @@ def findings(
         else:
             sentences.append(predeclared_sentence(where, block, metric, reference))
         sentences += mixed_length_sentences(where, block, others)
+        failed = chance_text({int(r): cell for r, cell in dynamic_rows(block).groupby("r")})
+        if failed:
+            sentences.append(
+                f"Flag: on {where}, {failed}: final train-eval accuracy at chance, so these "
+                "runs did not learn (a failed optimisation, not an effect of routing on "
+                "generalisation); comparisons with them say only that."
+            )
     scope = scope_sentence(runs, configs or {})
     return sentences + ([scope] if scope else [])
 

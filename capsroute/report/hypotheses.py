@@ -21,11 +21,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from capsroute.data.files import DATASET_INFO
 from capsroute.report.compare import PREFERRED_REFERENCE_R, Comparison, by_seed, compare
 from capsroute.report.wording import adjustment_text, comparison_text, min_pairs
 
 OVERFIT_CLAIM = "more routing iterations overfit"
 CHOICE_CLAIM = f"r = {PREFERRED_REFERENCE_R} is the right choice"
+CHANCE_MARGIN = 0.02  # final train-eval accuracy within 2 points of 1/K: did not learn
 METRIC_WORDS = {
     "final_test_acc": ("final test accuracy", True),
     "final_test_error": ("final test error", False),
@@ -51,6 +53,23 @@ def choice_verdict(directions: Sequence[int], pairs: int) -> str:
     if any(d < 0 for d in directions):
         return "not supported"
     return "supported" if all(d > 0 for d in directions) else f"cannot tell with n = {pairs}"
+
+
+def at_chance(runs: pd.DataFrame) -> pd.Series:
+    """Per run: its final train-eval accuracy is within CHANCE_MARGIN of chance (1/K): the
+    network did not learn, so its gap and loss rise say nothing about overfitting."""
+    chance = runs["dataset"].map(lambda name: 1.0 / DATASET_INFO[name].num_classes)
+    return runs["final_train_eval_acc"] <= chance + CHANCE_MARGIN
+
+
+def chance_text(cells: dict[int, pd.DataFrame]) -> str:
+    """'r=5 did not learn in 2 of 2 runs' for the cells with runs at chance, else ''."""
+    parts = [
+        f"r={r} did not learn in {int(at_chance(cell).sum())} of {len(cell)} runs"
+        for r, cell in cells.items()
+        if at_chance(cell).any()
+    ]
+    return "; ".join(parts)
 
 
 def validated(block: pd.DataFrame) -> bool:
@@ -85,6 +104,9 @@ def overfit_sentence(where: str, dynamic: pd.DataFrame) -> str:
     gaps = ", ".join(f"{100 * g:.2f}" for g in means["gap_final"])
     rises = ", ".join(f"{x:.4f}" for x in means["overfit"])
     answer = verdict([gap.direction, loss.direction], min_pairs(found))
+    failed = chance_text(cells)
+    if failed:  # a network that did not learn neither fits nor overfits
+        answer = f"cannot tell with n = {min_pairs(found)} ({failed}: accuracy at chance)"
     return (
         f"{head} {answer}. Evidence: the final generalisation gap (train-eval minus test "
         f"accuracy) is {gaps} points and the {loss_words} from its minimum is {rises} for "

@@ -49,6 +49,8 @@ def comparison_text(
     head += f" {unit}" if unit else ""
     if c.pairs < 2 or math.isnan(c.diff.ci_low):
         return f"{head} (n = {c.pairs}: no interval, so no better or worse)"
+    if c.degenerate:
+        return f"{head} in each of n={c.pairs} seeds (no spread to judge: no better or worse)"
     interval = f"[{signed(c.diff.ci_low, scale, digits)}, {signed(c.diff.ci_high, scale, digits)}]"
     shown = {1: "higher", -1: "lower", 0: "no difference shown"}[c.direction]
     return f"{head} {interval}, n={c.pairs}: {shown}"

@@ -141,3 +141,20 @@ def test_runs_without_the_margin_test_loss_report_overfitting_on_the_total(
     assert runs["overfit_loss"].tolist() == ["total", "total"]
     assert runs["overfit"].tolist() == pytest.approx([0.1, 0.1])
     assert "test-loss rise (total loss incl. reconstruction for runs recorded" in text
+
+
+def test_runs_at_chance_are_flagged_and_decide_no_claim(tmp_path: Path) -> None:
+    """r=5 stuck at 10% (chance for 10 classes) in both seeds: its zero gap is no evidence
+    about overfitting, and identical differences in every seed give no interval."""
+    for r, final in ((1, 0.90), (5, 0.10)):
+        for seed in (0, 1):
+            rows = metrics_rows([final, final], [final + 0.05 * (r == 1)] * 2, [0.3, 0.2])
+            write_run(tmp_path / f"r{r}" / f"s{seed}", run_config("mnist", r, seed, 2), rows)
+    _, text = sentences(load_runs([tmp_path]))
+    assert (
+        "Claim 'more routing iterations overfit' on mnist: cannot tell with n = 2 "
+        "(r=5 did not learn in 2 of 2 runs: accuracy at chance)."
+    ) in text
+    assert "Flag: on mnist, r=5 did not learn in 2 of 2 runs" in text
+    # gap r=5 - r=1: 0.00 - 0.05 in both seeds: the same difference, no spread
+    assert "gap r=5 − r=1: -5.00 points in each of n=2 seeds (no spread to judge" in text
