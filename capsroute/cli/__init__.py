@@ -23,6 +23,7 @@ from rich.table import Table
 from capsroute import hydra_app
 from capsroute.cli.options import (
     parse_choice,
+    parse_choice_list,
     parse_dataset_list,
     parse_int_list,
     parse_precisions,
@@ -100,6 +101,8 @@ def sweep(
         str | None, typer.Option(help="basic | joblib | submitit_local | submitit_slurm.")
     ] = None,
     jobs: Annotated[int | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
+    jobs_per_gpu: Annotated[int | None, typer.Option(help="Runs at once on each GPU.")] = None,
+    mps: Annotated[bool, typer.Option(help="Packed runs share a GPU through CUDA MPS.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -119,6 +122,8 @@ def sweep(
         name=name,
         launcher=launcher,
         jobs=jobs,
+        jobs_per_gpu=jobs_per_gpu,
+        mps=mps,
         overrides=_split_overrides(ctx.args),
         config_dir=config_dir,
         dry_run=dry_run,
@@ -194,21 +199,9 @@ def report(
     Runs still running, failed, or with damaged files are listed and left out of the numbers.
     The config (out_root, report.*) is composed as for `capsroute train`.
     """
-    from capsroute.report.build import make_report, parse_formats, print_report
+    from capsroute.report.build import print_report, report_command
 
-    args = paths or []
-    overrides = [str(a) for a in args if "=" in str(a) and not a.exists()]
-    config = hydra_app.load_config(overrides, config_dir)
-    inputs = [a for a in args if str(a) not in overrides]
-    made = make_report(
-        inputs,
-        out,
-        parse_formats(formats),
-        metric,
-        out_root=Path(config.out_root),
-        reference_r=config.report.reference_r,
-    )
-    print_report(made, Console())
+    print_report(report_command(paths or [], out, formats, metric, config_dir), Console())
 
 
 @cli.command()
@@ -269,6 +262,7 @@ def bench(
     precision: Annotated[str, typer.Option("--precision", help="fp32,bf16,fp16.")] = "fp32,bf16",
     steps: Annotated[int, typer.Option("--steps", help="Timed steps (median).")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 2,
+    variants: Annotated[str, typer.Option(help="Train step: eager,graph (CUDA graph).")] = "eager",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the rows here.")] = None,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -278,6 +272,7 @@ def bench(
     Synthetic images: no dataset files are needed.
     """
     from capsroute.study.bench import (
+        VARIANTS,
         results_table,
         run_bench,
         write_json,
@@ -294,8 +289,9 @@ def bench(
             parse_precisions(precision),
             steps=steps,
             warmup=warmup,
+            variants=parse_choice_list(variants, "--variants", VARIANTS, "variant"),
             progress=lambda row: console.log(
-                f"{row.mode} r={row.iters} batch={row.batch_size} {row.precision}: "
+                f"{row.mode} {row.variant} r={row.iters} batch={row.batch_size} {row.precision}: "
                 f"{row.ms_per_step:.1f} ms/step"
             ),
         )
@@ -366,7 +362,11 @@ def ensemble(
 @data_cli.command("download")
 def data_download(
     dataset: Annotated[
-        str, typer.Option(help="Comma-separated: mnist,cifar10 (multimnist: its MNIST files)")
+        str,
+        typer.Option(
+            help="Comma-separated: mnist,cifar10,fashion_mnist,svhn,smallnorb "
+            "(multimnist: its MNIST files)"
+        ),
     ] = "mnist,cifar10",
     root: Annotated[
         Path | None, typer.Option(help="Data root (default: $CAPSROUTE_DATA or ./data)")

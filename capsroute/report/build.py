@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from capsroute.errors import CapsrouteError, ConfigError
+from capsroute.hydra_app import load_config
 from capsroute.io import read_json
 from capsroute.report import plots
 from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
@@ -28,12 +29,14 @@ from capsroute.report.diagnostics import (
 )
 from capsroute.report.findings import caveats, eval_sentences, findings
 from capsroute.report.paper import ensemble_table, table1
+from capsroute.report.paper_datasets import section7_table
 from capsroute.report.runset import RunSet, load_runs
 from capsroute.report.tables import (
     COMPARISON_TITLE,
     DIAGNOSTICS_TITLE,
     ENSEMBLE_TITLE,
     EVAL_TITLE,
+    SECTION7_TITLE,
     TABLE1_TITLE,
     TERMINAL_COLUMNS,
     Report,
@@ -49,6 +52,7 @@ from capsroute.run.rundir import ENSEMBLE_FILE
 
 __all__ = [
     "ENSEMBLE_TITLE",
+    "SECTION7_TITLE",
     "TABLE1_TITLE",
     "NoRunsError",
     "Report",
@@ -108,6 +112,25 @@ def resolve_inputs(
     return inputs, Path(out).expanduser() if out else inputs[0] / "report"
 
 
+def report_command(
+    args: Sequence[Path], out: Path | None, formats: str, metric: str, config_dir: Path | None
+) -> Report:
+    """`capsroute report ARGS`: ARGS are PATHs and key=value config overrides (an argument
+    with "=" that is not an existing path); the composed config gives `out_root` (where the
+    default sweep is found) and `report.reference_r`."""
+    overrides = [str(a) for a in args if "=" in str(a) and not Path(a).exists()]
+    config = load_config(overrides, config_dir)
+    inputs = [Path(a) for a in args if str(a) not in overrides]
+    return make_report(
+        inputs,
+        out,
+        parse_formats(formats),
+        metric,
+        out_root=Path(config.out_root),
+        reference_r=config.report.reference_r,
+    )
+
+
 def make_report(
     paths: Sequence[Path],
     out: Path | None = None,
@@ -153,6 +176,7 @@ def make_report(
         paper_table1=table1(runs, runset.configs),
         ensembles=ensemble_table(read_ensembles(inputs)),
         diagnostics=diagnostics_table(runset.routing, runset.group_columns),
+        paper_section7=section7_table(runs, runset.configs),
     )
     figures = draw_figures(report)
     report.files = [*figures, *write_outputs(report, formats, figures)]

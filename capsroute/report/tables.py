@@ -25,6 +25,9 @@ DIAGNOSTICS_TITLE = "Routing diagnostics at the last epoch (mean over seeds)"
 EVAL_TITLE = "Accuracy (%) by training r and evaluation r (capsroute evaluate)"
 TABLE1_TITLE = "Sabour et al. (2017), Table 1: MNIST test error (%), ours beside the paper's"
 ENSEMBLE_TITLE = "Ensembles: test error (%) of the averaged class-capsule lengths"
+SECTION7_TITLE = (
+    "Sabour et al. (2017), Section 7: smallNORB and SVHN test error (%), ours beside the paper's"
+)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class Report:
     paper_table1: pd.DataFrame = field(default_factory=pd.DataFrame)
     ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    paper_section7: pd.DataFrame = field(default_factory=pd.DataFrame)  # smallNORB, SVHN
 
 
 def _num(value: float, digits: int, scale: float = 1.0) -> str:
@@ -187,5 +191,9 @@ def comparison_display(report: Report) -> pd.DataFrame:
 
 def paper_sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
     """The paper-layout tables that have data: (title, display frame)."""
-    sections = [(TABLE1_TITLE, report.paper_table1), (ENSEMBLE_TITLE, report.ensembles)]
+    sections = [
+        (TABLE1_TITLE, report.paper_table1),
+        (SECTION7_TITLE, report.paper_section7),
+        (ENSEMBLE_TITLE, report.ensembles),
+    ]
     return [(title, frame) for title, frame in sections if not frame.empty]

@@ -54,6 +54,8 @@ def write_outputs(report: Report, formats: Sequence[str], figures: list[Path]) -
             put("table1.csv", report.paper_table1.to_csv(index=False))
         if not report.ensembles.empty:
             put("ensembles.csv", report.ensembles.to_csv(index=False))
+        if not report.paper_section7.empty:
+            put("section7.csv", report.paper_section7.to_csv(index=False))
     if "md" in formats:
         put("summary.md", _markdown(summary) + "\n")
         put("report.md", report_markdown(report, sections(report), figures))

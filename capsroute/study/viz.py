@@ -37,7 +37,7 @@ from capsroute.data.batches import eval_batches, make_splits
 from capsroute.errors import ConfigError
 from capsroute.io import atomic_write_bytes
 from capsroute.nn.capsnet import CapsNet, correct_predictions, predicted_classes
-from capsroute.run.checkpoint import load_trained
+from capsroute.run import checkpoint
 
 DPI = 110
 PERTURBATIONS = tuple(round(-0.25 + 0.05 * k, 2) for k in range(11))  # -0.25, -0.20, ..., 0.25
@@ -69,7 +69,8 @@ def load_run(run_dir: Path, data_root: Path | None = None, max_images: int = 200
 
     `data_root` replaces the saved `dataset.root` (runs move between machines).
     """
-    config, model = load_trained(Path(run_dir), data_root)
+    trained = checkpoint.load_run(Path(run_dir), data_root)
+    config, model = trained.config, trained.model
     if not isinstance(model, CapsNet):
         raise ConfigError(f"{run_dir} is not a CapsNet run: viz draws capsules and routing")
     dataset = dataclasses.replace(
@@ -86,10 +87,20 @@ def predict(model: CapsNet, images: Tensor, iterations: int | None = None) -> An
     return model(images, labels=None, iterations=iterations)
 
 
+RGB = 3  # channels drawn as one colour image
+
+
 def _pixels(flat: Tensor, shape: tuple[int, int, int]) -> np.ndarray:
-    """(C*H*W,) or (C, H, W) in [0, 1] -> an (H, W) or (H, W, 3) array imshow draws as is."""
+    """(C*H*W,) or (C, H, W) in [0, 1] -> an (H, W) or (H, W, 3) array imshow draws as is.
+
+    One channel is grey, three are RGB; any other count (smallNORB's 2 stereo views) is drawn
+    as grey channels side by side, (H, C*W)."""
     image = flat.reshape(shape).clamp(0, 1).cpu().numpy()
-    return image[0] if shape[0] == 1 else image.transpose(1, 2, 0)
+    if shape[0] == 1:
+        return image[0]
+    if shape[0] == RGB:
+        return image.transpose(1, 2, 0)
+    return np.concatenate(list(image), axis=1)
 
 
 def _montage(images: Tensor, gap: int = 1) -> np.ndarray:
