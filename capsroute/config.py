@@ -16,6 +16,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from capsroute.config_report import REPORT_KEYS, ReportConfig
 from capsroute.errors import ConfigError
 
 # multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files;
@@ -313,6 +314,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     seed: int = 0
     device: str = "auto"
     out_root: str = "outputs"
@@ -373,8 +375,7 @@ def first_line(message: str) -> str:
     return next((line.strip() for line in message.splitlines() if line.strip()), message)
 
 
-# Keys added after runs were first saved, with the value that reproduces the older behaviour:
-# a config saved before a key existed is read as if it held this value (resume, reports).
+# Keys added after runs were first saved: a config without one reads as if it held this value.
 ADDED_KEYS: dict[str, Any] = {
     "routing.mode": "dynamic",
     "routing.temperature": 1.0,
@@ -443,6 +444,7 @@ RESUMABLE_KEYS = {
     "dataset.cache_dir",
     "out_root",
     "run_name",
+    *REPORT_KEYS,
 }
 
 

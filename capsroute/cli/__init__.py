@@ -32,6 +32,7 @@ from capsroute.cli.options import (
 from capsroute.config import to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
+from capsroute.run.selection import headline_text
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 OtherDataset = Annotated[
@@ -88,14 +89,7 @@ def _train_task(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     with exit_on_error():
         summary = train_run(to_config(cfg), run_dir)
-        log.info(
-            "%s: %s, final test accuracy %.2f%% (best %.2f%% at epoch %s)",
-            run_dir,
-            summary["status"],
-            100 * summary.get("final_test_acc", float("nan")),
-            100 * summary.get("best_test_acc", float("nan")),
-            summary.get("best_epoch", "-"),
-        )
+        log.info("%s: %s, %s", run_dir, summary["status"], headline_text(summary))
 
 
 @cli.command(context_settings=EXTRA_ARGS)
@@ -190,7 +184,8 @@ def report(
         list[Path] | None,
         typer.Argument(
             help="Sweep or run directories, or folders above them (default: newest "
-            "sweep under outputs/sweeps/).",
+            "sweep under OUT_ROOT/sweeps/); key=value config overrides (out_root=DIR, "
+            "report.reference_r=3).",
             show_default=False,
         ),
     ] = None,
@@ -203,15 +198,16 @@ def report(
     metric: Annotated[
         str, typer.Option("--metric", help="Headline metric: test_acc or test_error.")
     ] = "test_acc",
+    config_dir: ConfigDir = None,
 ) -> None:
     """Tables, figures and findings for a sweep: what does the number of routing iterations do?
 
     Runs still running, failed, or with damaged files are listed and left out of the numbers.
+    The config (out_root, report.*) is composed as for `capsroute train`.
     """
-    from capsroute.report.build import make_report, parse_formats, print_report
+    from capsroute.report.build import print_report, report_command
 
-    made = make_report(paths or [], out, parse_formats(formats), metric)
-    print_report(made, Console())
+    print_report(report_command(paths or [], out, formats, metric, config_dir), Console())
 
 
 @cli.command()

@@ -2,8 +2,8 @@
 
 `per_run` reduces each run's epochs to one row (final and best accuracy, generalisation gap,
 overfitting, speed). `summary_table` averages those over seeds for every dataset x swept axes
-x r cell, with the sample std and a t interval. `comparison_table` pairs each r with the
-smallest r of the same dataset seed by seed. All accuracies stay fractions here; formatting
+x r cell, with the sample std and a t interval. `comparison_table` makes the pre-declared
+paired comparisons (`capsroute.report.compare`). All accuracies stay fractions here; formatting
 to percent happens only when tables are written.
 """
 
@@ -13,14 +13,23 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from capsroute.report.stats import Estimate, estimate, paired_difference
+from capsroute.report.compare import (
+    DYNAMIC,
+    MODE_AXIS,
+    by_seed,
+    compare,
+    comparison_frame,
+    reference_r,
+)
+from capsroute.report.stats import Estimate, estimate
+from capsroute.run.selection import headline
 
 # Per-run quantities averaged over seeds, in table order.
 RUN_METRICS = (
     "final_test_acc",
     "final_test_error",
     "best_test_acc",
-    "best_epoch",
+    "best_test_epoch",
     "final_train_eval_acc",
     "gap_final",
     "gap_max",
@@ -30,56 +39,51 @@ RUN_METRICS = (
     "best_val_acc",
     "val_best_epoch",
     "test_acc_at_val_best",
+    "epochs_run",
 )
+# Per-run text columns: which loss `overfit` measures ("margin", or "total" for old runs).
+RUN_LABELS = ("overfit_loss",)
+NAN = float("nan")
 METRICS_CHOICES = {"test_acc": "final_test_acc", "test_error": "final_test_error"}
 
 
 def per_run(epochs: pd.DataFrame, group_columns: Sequence[str]) -> pd.DataFrame:
     """One row per run with the quantities of `RUN_METRICS`.
 
-    best_test_acc is the maximum over epochs of the test accuracy (best-on-test: an optimistic
-    number, since the epoch is chosen on the test set), best_epoch the first epoch reaching it.
-    With a validation split (`val_acc` in metrics.csv), val_best_epoch is the first epoch of
-    highest validation accuracy and test_acc_at_val_best the test accuracy at that epoch: an
-    honest model selection. Those three are NaN for runs without a validation split.
-    gap = train_eval_acc - test_acc; overfit = last test loss - lowest test loss. Speed is the
-    median over epochs, so a first epoch slowed by warm-up does not dominate.
+    The accuracies and best epochs are `capsroute.run.selection.headline` (the one definition
+    summary.json uses too): best_test_acc / best_test_epoch are best-on-test (optimistic),
+    best_val_acc / val_best_epoch / test_acc_at_val_best the honest validation choice (NaN
+    without a validation split). gap = train_eval_acc - test_acc. overfit = last minus lowest
+    test *margin* loss (`overfit_loss` = "margin"), or of the total loss for runs recorded
+    before metrics.csv had the margin column (`overfit_loss` = "total"). Speed is the median
+    over epochs, so a first epoch slowed by warm-up does not dominate. epochs_run counts the
+    recorded epochs (early stopping or a different train.epochs make it differ).
     """
     keys = ["run", *group_columns, "seed"]
     rows = [_run_row(run.sort_values("epoch"), keys) for _, run in epochs.groupby("run", sort=True)]
     if not rows:
-        return pd.DataFrame(columns=[*keys, *RUN_METRICS])
+        return pd.DataFrame(columns=[*keys, *RUN_METRICS, *RUN_LABELS])
     return pd.DataFrame(rows).sort_values(keys[1:], ignore_index=True)
 
 
 def _run_row(frame: pd.DataFrame, keys: Sequence[str]) -> dict[str, object]:
     last = frame.iloc[-1]
     gap = frame["train_eval_acc"] - frame["test_acc"]
-    best = frame.loc[frame["test_acc"].idxmax()]  # idxmax returns the first maximum
-    row = {column: last[column] for column in keys}
+    row: dict[str, object] = {column: last[column] for column in keys}
+    numbers = headline(frame.to_dict("records"))
+    row.update({key: NAN if value is None else value for key, value in numbers.items()})
+    margin = frame["test_margin_loss"] if "test_margin_loss" in frame.columns else None
+    has_margin = margin is not None and bool(margin.notna().all())
+    loss = margin if has_margin else frame["test_loss"]
     row.update(
-        final_test_acc=last["test_acc"],
-        final_test_error=1.0 - last["test_acc"],
-        best_test_acc=best["test_acc"],
-        best_epoch=int(best["epoch"]),
-        final_train_eval_acc=last["train_eval_acc"],
         gap_final=gap.iloc[-1],
         gap_max=gap.max(),
-        overfit=last["test_loss"] - frame["test_loss"].min(),
+        overfit=loss.iloc[-1] - loss.min(),
+        overfit_loss="margin" if has_margin else "total",
         seconds_per_epoch=frame["epoch_seconds"].median(),
         images_per_s=frame["images_per_s"].median(),
-        best_val_acc=float("nan"),
-        val_best_epoch=float("nan"),
-        test_acc_at_val_best=float("nan"),
+        epochs_run=len(frame),
     )
-    val = frame["val_acc"] if "val_acc" in frame.columns else None
-    if val is not None and val.notna().all():
-        chosen = frame.loc[val.idxmax()]  # first epoch of highest validation accuracy
-        row.update(
-            best_val_acc=chosen["val_acc"],
-            val_best_epoch=int(chosen["epoch"]),
-            test_acc_at_val_best=chosen["test_acc"],
-        )
     return row
 
 
@@ -106,31 +110,40 @@ def _estimate_columns(name: str, value: Estimate) -> dict[str, float]:
 
 
 def comparison_table(
-    runs: pd.DataFrame, group_columns: Sequence[str], metric: str = "final_test_acc"
+    runs: pd.DataFrame,
+    group_columns: Sequence[str],
+    metric: str = "final_test_acc",
+    reference: int | None = None,
 ) -> pd.DataFrame:
-    """Each r against the smallest r of its dataset (and other axes): paired by seed.
+    """The pre-declared comparisons of `capsroute.report.compare`, per dataset (and other
+    axes): every dynamic r against the reference r, every routing control against every
+    dynamic r; paired by seed, intervals Bonferroni-adjusted within each block.
 
-    `diff_*` describe (metric at r) - (metric at the baseline r) over the seeds both have.
+    `diff_*` describe (metric of `treated`) - (metric of `baseline`) over the seeds both have.
     """
-    outer = [column for column in group_columns if column != "r"]
-    rows = []
+    outer = [c for c in group_columns if c not in ("r", MODE_AXIS)]
+    frames = []
     for key, block in runs.groupby(outer, sort=True):
-        by_r = {
-            r: dict(zip(cell["seed"], cell[metric], strict=True)) for r, cell in block.groupby("r")
-        }
-        baseline = min(by_r)
-        for r in sorted(by_r):
-            if r == baseline:
-                continue
-            diff, seeds = paired_difference(by_r[r], by_r[baseline])
-            row: dict[str, object] = dict(zip(outer, _as_tuple(key), strict=True))
-            row.update(r=r, baseline_r=baseline, metric=metric, n_pairs=diff.n)
-            row["seeds"] = " ".join(str(seed) for seed in seeds)
-            row.update(_estimate_columns("diff", diff))
-            rows.append(row)
-    columns = [*outer, "r", "baseline_r", "metric", "n_pairs", "seeds"]
-    columns += [f"diff_{part}" for part in ("mean", "std", "ci_low", "ci_high")]
-    return pd.DataFrame(rows, columns=columns)
+        mode = block[MODE_AXIS].astype(str) if MODE_AXIS in block.columns else None
+        dynamic = block if mode is None else block[mode == DYNAMIC]
+        rs = sorted(int(r) for r in dynamic["r"].unique())
+        if not rs:
+            continue
+        cells = {r: by_seed(dynamic[dynamic["r"] == r], metric) for r in rs}
+        ref, _ = reference_r(rs, reference)
+        pairs = [(f"r={r}", cells[r], f"r={ref}", cells[ref]) for r in rs if r != ref]
+        if mode is not None:
+            pairs += [
+                (str(m), by_seed(cell, metric), f"r={r}", cells[r])
+                for m, cell in block[mode != DYNAMIC].groupby(MODE_AXIS, sort=True)
+                for r in rs
+            ]
+        if pairs:
+            keys = dict(zip(outer, _as_tuple(key), strict=True))
+            frames.append(comparison_frame(compare(pairs), **keys, metric=metric))
+    if not frames:
+        return pd.DataFrame(columns=[*outer, "treated", "baseline", "metric", "n_pairs"])
+    return pd.concat(frames, ignore_index=True)
 
 
 def _as_tuple(key: object) -> tuple[object, ...]:

@@ -3,17 +3,13 @@
 `make_report` loads every run under the given paths (`capsroute.report.runset`), reduces them
 to per-run and per-cell numbers (`capsroute.report.aggregate`), draws the figures
 (`capsroute.report.plots`), words the findings (`capsroute.report.findings`) and writes the
-requested formats atomically into the output folder. `print_report` shows the same tables in
-the terminal.
+requested formats atomically into the output folder (`capsroute.report.write`).
+`print_report` shows the same tables (`capsroute.report.tables`) in the terminal.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -21,44 +17,59 @@ from rich.console import Console
 from rich.table import Table
 
 from capsroute.errors import CapsrouteError, ConfigError
-from capsroute.io import atomic_write_text, read_json
+from capsroute.hydra_app import load_config
+from capsroute.io import read_json
 from capsroute.report import plots, robustness
 from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
+from capsroute.report.diagnostics import (
+    describe_split,
+    diagnostics_table,
+    measured,
+    reference_values,
+)
 from capsroute.report.findings import caveats, eval_sentences, findings
 from capsroute.report.paper import ensemble_table, table1
 from capsroute.report.paper_datasets import section7_table
 from capsroute.report.runset import RunSet, load_runs
+from capsroute.report.tables import (
+    COMPARISON_TITLE,
+    DIAGNOSTICS_TITLE,
+    ENSEMBLE_TITLE,
+    EVAL_TITLE,
+    SECTION7_TITLE,
+    TABLE1_TITLE,
+    TERMINAL_COLUMNS,
+    Report,
+    comparison_display,
+    eval_display,
+    eval_split,
+    has_validation,
+    paper_sections,
+    summary_display,
+)
+from capsroute.report.write import write_outputs
 from capsroute.run.rundir import ENSEMBLE_FILE
 
+__all__ = [
+    "ENSEMBLE_TITLE",
+    "SECTION7_TITLE",
+    "TABLE1_TITLE",
+    "NoRunsError",
+    "Report",
+    "eval_display",
+    "make_report",
+    "parse_formats",
+    "print_report",
+    "summary_display",
+]
 FORMATS = ("md", "csv", "tex", "html")
-SWEEPS_DIR = Path("outputs") / "sweeps"
-PM = " ± "
+SWEEPS_SUBDIR = "sweeps"  # under the config's out_root, as conf/config.yaml's hydra.sweep.dir
 
 
 class NoRunsError(CapsrouteError):
     """No run directory, or no usable run, under the given paths: bad input, exit status 2."""
 
     code = 2
-
-
-@dataclass
-class Report:
-    """What a report computed and where it wrote it."""
-
-    out_dir: Path
-    runset: RunSet
-    runs: pd.DataFrame
-    summary: pd.DataFrame
-    comparison: pd.DataFrame
-    findings: list[str]
-    metric: str
-    files: list[Path] = field(default_factory=list)
-    # the paper's own tables beside ours (capsroute.paper); empty when nothing matches
-    paper_table1: pd.DataFrame = field(default_factory=pd.DataFrame)
-    ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)
-    paper_section7: pd.DataFrame = field(default_factory=pd.DataFrame)  # smallNORB, SVHN
-    # Section 5.2: per run, own test vs another test set (capsroute.report.robustness)
-    robustness: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -79,18 +90,20 @@ def metric_column(metric: str) -> str:
     return METRICS_CHOICES[metric]
 
 
-def default_path(cwd: Path) -> Path:
-    """The most recently modified sweep under `outputs/sweeps/`."""
-    folder = cwd / SWEEPS_DIR
+def default_path(cwd: Path, out_root: Path) -> Path:
+    """The most recently modified sweep under `OUT_ROOT/sweeps/` (relative to `cwd`)."""
+    folder = cwd / out_root / SWEEPS_SUBDIR
     sweeps = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
     if not sweeps:
         raise NoRunsError(f"no sweeps under {folder}; give a PATH (a sweep or run directory)")
     return max(sweeps, key=lambda p: (p.stat().st_mtime, p.name))
 
 
-def resolve_inputs(paths: Sequence[Path], out: Path | None, cwd: Path) -> tuple[list[Path], Path]:
+def resolve_inputs(
+    paths: Sequence[Path], out: Path | None, cwd: Path, out_root: Path
+) -> tuple[list[Path], Path]:
     """The input folders (default: newest sweep) and the output folder (default PATH/report)."""
-    inputs = [Path(p).expanduser() for p in paths] or [default_path(cwd)]
+    inputs = [Path(p).expanduser() for p in paths] or [default_path(cwd, out_root)]
     missing = [str(p) for p in inputs if not p.exists()]
     if missing:
         raise ConfigError(f"no such path: {', '.join(missing)}")
@@ -99,16 +112,41 @@ def resolve_inputs(paths: Sequence[Path], out: Path | None, cwd: Path) -> tuple[
     return inputs, Path(out).expanduser() if out else inputs[0] / "report"
 
 
+def report_command(
+    args: Sequence[Path], out: Path | None, formats: str, metric: str, config_dir: Path | None
+) -> Report:
+    """`capsroute report ARGS`: ARGS are PATHs and key=value config overrides (an argument
+    with "=" that is not an existing path); the composed config gives `out_root` (where the
+    default sweep is found) and `report.reference_r`."""
+    overrides = [str(a) for a in args if "=" in str(a) and not Path(a).exists()]
+    config = load_config(overrides, config_dir)
+    inputs = [Path(a) for a in args if str(a) not in overrides]
+    return make_report(
+        inputs,
+        out,
+        parse_formats(formats),
+        metric,
+        out_root=Path(config.out_root),
+        reference_r=config.report.reference_r,
+    )
+
+
 def make_report(
     paths: Sequence[Path],
     out: Path | None = None,
     formats: Sequence[str] = FORMATS,
     metric: str = "test_acc",
     cwd: Path | None = None,
+    out_root: Path = Path("outputs"),
+    reference_r: int | None = None,
 ) -> Report:
-    """Load, aggregate, plot and write; raise `NoRunsError` when nothing usable is found."""
+    """Load, aggregate, plot and write; raise `NoRunsError` when nothing usable is found.
+
+    `out_root` and `reference_r` are the config's `out_root` (where sweeps are found when no
+    PATH is given) and `report.reference_r` (the r every other r is compared with).
+    """
     column = metric_column(metric)
-    inputs, out_dir = resolve_inputs(paths, out, cwd or Path.cwd())
+    inputs, out_dir = resolve_inputs(paths, out, cwd or Path.cwd(), Path(out_root))
     runset = load_runs(inputs)
     where = ", ".join(str(p) for p in inputs)
     if runset.found == 0:
@@ -126,25 +164,23 @@ def make_report(
         runset=runset,
         runs=runs,
         summary=summary_table(runs, runset.group_columns),
-        comparison=comparison_table(runs, runset.group_columns, column),
+        comparison=comparison_table(runs, runset.group_columns, column, reference_r),
         findings=[
-            *findings(runs, runset.axes, column),
-            *(
-                eval_sentences(runset.evals, runset.axes, eval_split(runset.evals))
-                if not runset.evals.empty
-                else []
-            ),
+            *findings(runs, runset.axes, column, reference_r, runset.configs),
+            *(eval_sentences(runset.evals, runset.axes) if not runset.evals.empty else []),
             *robustness.robustness_sentences(robust, validated),
             *caveats(
                 runs["run"].nunique(),
                 runset.found,
                 len(runset.warnings),
                 validated=bool(runs["val_best_epoch"].notna().any()),
+                diagnostics=describe_split(runset.routing),
             ),
         ],
         metric=column,
         paper_table1=table1(runs, runset.configs),
         ensembles=ensemble_table(read_ensembles(inputs)),
+        diagnostics=diagnostics_table(runset.routing, runset.group_columns),
         paper_section7=section7_table(runs, runset.configs),
         robustness=robust,
     )
@@ -154,211 +190,108 @@ def make_report(
 
 
 def draw_figures(report: Report) -> list[Path]:
-    """The six PNGs, in the order the report shows them."""
+    """The PNGs, in the order the report shows them."""
     runset, axes, folder = report.runset, report.runset.axes, report.out_dir / "figures"
     label = "final test accuracy" if report.metric == "final_test_acc" else "final test error"
     stem = report.metric.removeprefix("final_")
+    epochs, loss_label = with_class_loss(runset.epochs)
     return [
         plots.metric_vs_r(report.runs, axes, report.metric, label, folder / f"{stem}_vs_r.png"),
         plots.per_epoch(
-            runset.epochs, axes, "test_acc", "test accuracy (%)",
+            epochs, axes, "test_acc", "test accuracy (%)",
             folder / "test_acc_curves.png", percent=True,
         ),
         plots.per_epoch(
-            runset.epochs,
+            epochs,
             axes, "gap", "train-eval minus test accuracy (points)",
             folder / "gap_curves.png", percent=True, zero_line=True,
         ),
         plots.per_epoch(
-            runset.epochs, axes, "train_loss", "training loss (log scale)",
+            epochs, axes, CLASS_LOSS, loss_label, folder / "test_margin_loss.png", log=False,
+        ),
+        plots.per_epoch(
+            epochs, axes, "train_loss", "training loss (log scale)",
             folder / "train_loss.png", log=True,
         ),
-        *([
-            plots.routing_at_last_epoch(
-                runset.routing, axes, "delta_b", r"mean $|\Delta b_{ij}|$ (log scale)",
-                folder / "routing_delta_b.png", log=True,
-            ),
-            plots.routing_at_last_epoch(
-                runset.routing, axes, "entropy", "coupling-coefficient entropy (nats)",
-                folder / "routing_entropy.png", log=False,
-            ),
-        ] if not runset.routing.empty else []),  # no routing at all: baseline CNN runs only
-        *optional_figures(report),
+        *routing_figures(report),
+        *eval_figures(report),
+        *(
+            [robustness.robustness_figure(report.robustness, folder / robustness.FIGURE)]
+            if not report.robustness.empty
+            else []
+        ),
     ]  # fmt: skip
 
 
-# Per-iteration routing columns newer runs record (older routing.csv files lack them).
-POLARISATION_FIGURES = (
-    ("max_c", r"mean strongest coupling $\max_j c_{ij}$", "routing_max_c.png"),
-    ("polarised", r"fraction of $i$ with $\max_j c_{ij} > 0.9$", "routing_polarised.png"),
-    ("flip", "fraction predicted ≠ final prediction", "routing_flips.png"),
-)
+CLASS_LOSS = "test_class_loss"  # the margin-only test loss, or the total for old runs
 
 
-def eval_split(evals: pd.DataFrame) -> str:
-    """The split the evaluation figures show: `test` when measured, else the first one."""
-    splits = sorted(evals["split"].unique())
-    return "test" if "test" in splits else splits[0]
+def with_class_loss(epochs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """`epochs` with CLASS_LOSS (the margin-only test loss; the total loss where a run did not
+    record it) and the axis label, which says when old runs fall back to the total."""
+    margin = epochs["test_margin_loss"] if "test_margin_loss" in epochs.columns else None
+    if margin is None:
+        margin = pd.Series(float("nan"), index=epochs.index)
+    label = "test margin loss (overfitting: its rise)"
+    if margin.isna().any():
+        label = "test margin loss (runs without it: total loss)"
+    return epochs.assign(**{CLASS_LOSS: margin.fillna(epochs["test_loss"])}), label
 
 
-def optional_figures(report: Report) -> list[Path]:
-    """Figures for data only some runs have: newer routing diagnostics, `capsroute evaluate`."""
-    runset, axes, folder = report.runset, report.runset.axes, report.out_dir / "figures"
+# (column, label, file, log scale): per-iteration routing diagnostics; columns older runs lack
+# are skipped.
+ROUTING_FIGURES = (
+    ("delta_b", r"mean $|\Delta b_{ij}|$ applied (log scale)", "routing_delta_b.png", True),
+    ("entropy", "coupling-coefficient entropy (nats)", "routing_entropy.png", False),
+    ("entropy_w", "entropy, weighted by $|u_i|$ (nats)", "routing_entropy_w.png", False),
+    ("max_c", r"mean strongest coupling $\max_j c_{ij}$", "routing_max_c.png", False),
+    ("max_c_w", r"$\max_j c_{ij}$, weighted by $|u_i|$", "routing_max_c_w.png", False),
+    ("polarised", r"fraction of $i$ with $\max_j c_{ij} > 0.9$", "routing_polarised.png", False),
+    ("polarised_w", r"polarised share, weighted by $|u_i|$", "routing_polarised_w.png", False),
+    ("agreement_w", r"agreement $\cos(\hat u_{j^*|i}, v_{j^*})$, $|u_i|$-weighted",
+     "routing_agreement_w.png", False),
+    ("flip", "fraction predicted ≠ final prediction", "routing_flips.png", False),
+)  # fmt: skip
+
+
+def routing_figures(report: Report) -> list[Path]:
+    """Routing diagnostics against the iteration, only measured values
+    (`capsroute.report.diagnostics.measured`); uniform couplings as a dashed line."""
+    routing, axes = report.runset.routing, report.runset.axes
+    if routing.empty:  # no routing at all: baseline CNN runs only
+        return []
+    frame, reference = measured(routing)
+    split = "validation" if "split" in frame.columns and (frame["split"] == "val").all() else ""
     figures = []
-    for column, label, name in POLARISATION_FIGURES:
-        if column in runset.routing.columns and runset.routing[column].notna().any():
-            rows = runset.routing.dropna(subset=[column])
-            figures.append(
-                plots.routing_at_last_epoch(rows, axes, column, label, folder / name, log=False)
+    for column, label, name, log in ROUTING_FIGURES:
+        if column not in frame.columns or frame[column].isna().all():
+            continue
+        rows = frame.dropna(subset=[column])
+        figures.append(
+            plots.routing_at_last_epoch(
+                rows,
+                axes,
+                column,
+                label,
+                report.out_dir / "figures" / name,
+                log=log,
+                reference=reference_values(reference, column),
+                split=split or "test or validation, see findings",
             )
-    evals = runset.evals
-    if not evals.empty and (evals["mode"] == "dynamic").any():
-        split = eval_split(evals)
-        figures += [
-            plots.eval_r_heatmap(evals, axes, split, folder / "eval_r_heatmap.png"),
-            plots.accuracy_vs_eval_r(evals, axes, split, folder / "acc_vs_eval_r.png"),
-        ]
-    if not report.robustness.empty:
-        figures.append(robustness.robustness_figure(report.robustness, folder / robustness.FIGURE))
+        )
     return figures
 
 
-# --- formatting -------------------------------------------------------------------------
-
-
-def _num(value: float, digits: int, scale: float = 1.0) -> str:
-    return "–" if value is None or math.isnan(value) else f"{scale * value:.{digits}f}"
-
-
-def _mean_std(row: pd.Series, name: str, digits: int, scale: float = 1.0) -> str:
-    mean, std = row[f"{name}_mean"], row[f"{name}_std"]
-    if math.isnan(std):
-        return _num(mean, digits, scale)
-    return f"{_num(mean, digits, scale)}{PM}{_num(std, digits, scale)}"
-
-
-def _ci(row: pd.Series, name: str, digits: int, scale: float = 1.0) -> str:
-    low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
-    if math.isnan(low):
-        return "–"
-    return f"[{_num(low, digits, scale)}, {_num(high, digits, scale)}]"
-
-
-SUMMARY_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
-    ("test acc %", lambda r: _mean_std(r, "final_test_acc", 2, 100)),
-    ("test acc 95% CI", lambda r: _ci(r, "final_test_acc", 2, 100)),
-    ("test error %", lambda r: _mean_std(r, "final_test_error", 2, 100)),
-    ("test error 95% CI", lambda r: _ci(r, "final_test_error", 2, 100)),
-    ("best-on-test acc %", lambda r: _mean_std(r, "best_test_acc", 2, 100)),
-    ("best epoch", lambda r: _mean_std(r, "best_epoch", 1)),
-    ("train-eval acc %", lambda r: _mean_std(r, "final_train_eval_acc", 2, 100)),
-    ("gap end (pts)", lambda r: _mean_std(r, "gap_final", 2, 100)),
-    ("gap max (pts)", lambda r: _mean_std(r, "gap_max", 2, 100)),
-    ("overfit (test-loss rise)", lambda r: _mean_std(r, "overfit", 4)),
-    ("s/epoch", lambda r: _mean_std(r, "seconds_per_epoch", 2)),
-    ("images/s", lambda r: _mean_std(r, "images_per_s", 0)),
-]
-# With a validation split: the epoch is chosen on validation, and the test accuracy there.
-VAL_COLUMNS: list[tuple[str, Callable[[pd.Series], str]]] = [
-    ("test acc at best-val epoch %", lambda r: _mean_std(r, "test_acc_at_val_best", 2, 100)),
-    ("best-val epoch", lambda r: _mean_std(r, "val_best_epoch", 1)),
-    ("best val acc %", lambda r: _mean_std(r, "best_val_acc", 2, 100)),
-]
-# Terminal: the headline columns under short names, so the table fits a normal window.
-TERMINAL_COLUMNS = {
-    "test acc %": "test acc %",
-    "test acc 95% CI": "95% CI",
-    "best-on-test acc %": "best-on-test %",
-    "best epoch": "best ep.",
-    "gap end (pts)": "gap end",
-    "gap max (pts)": "gap max",
-    "overfit (test-loss rise)": "overfit",
-    "s/epoch": "s/epoch",
-    "images/s": "img/s",
-}
-
-
-def has_validation(report: Report) -> bool:
-    """Whether any run chose its best epoch on a validation split (dataset.val_size)."""
-    return bool(report.runs["val_best_epoch"].notna().any())
-
-
-def summary_columns(report: Report) -> list[tuple[str, Callable[[pd.Series], str]]]:
-    """Final-epoch numbers first; then validation-selected ones when runs have a val split."""
-    if not has_validation(report):
-        return SUMMARY_COLUMNS
-    best_on_test = [i for i, (name, _) in enumerate(SUMMARY_COLUMNS) if name.startswith("best")]
-    at = best_on_test[0] if best_on_test else len(SUMMARY_COLUMNS)
-    return [*SUMMARY_COLUMNS[:at], *VAL_COLUMNS, *SUMMARY_COLUMNS[at:]]
-
-
-def summary_display(report: Report) -> pd.DataFrame:
-    """The summary table as text cells: percent, mean ± std, [CI low, CI high]."""
-    keys = [*report.runset.group_columns, "n"]
-    columns = summary_columns(report)
-    rows = [
-        {**{k: row[k] for k in keys}, **{name: cell(row) for name, cell in columns}}
-        for _, row in report.summary.iterrows()
-    ]
-    return pd.DataFrame(rows, columns=[*keys, *(name for name, _ in columns)])
-
-
-def eval_display(report: Report) -> pd.DataFrame:
-    """`capsroute evaluate` accuracy (%) by training cell (rows) and evaluation r (columns).
-
-    Mean over seeds on one split (test when measured), dynamic routing at each evaluation r;
-    a run trained with a control (uniform/random) adds a column for its own mode.
-    """
-    evals = report.runset.evals
-    if evals.empty:
-        return pd.DataFrame()
+def eval_figures(report: Report) -> list[Path]:
+    """`capsroute evaluate`: training r x evaluation r, when some run was evaluated."""
+    evals, axes, folder = report.runset.evals, report.runset.axes, report.out_dir / "figures"
+    if evals.empty or not (evals["mode"] == "dynamic").any():
+        return []
     split = eval_split(evals)
-    frame = evals[evals["split"] == split].copy()
-    frame["column"] = [
-        f"eval r={r}" if mode == "dynamic" else f"own {mode}"
-        for r, mode in zip(frame["eval_r"], frame["mode"], strict=True)
+    return [
+        plots.eval_r_heatmap(evals, axes, split, folder / "eval_r_heatmap.png"),
+        plots.accuracy_vs_eval_r(evals, axes, split, folder / "acc_vs_eval_r.png"),
     ]
-    keys = report.runset.group_columns
-    table = frame.pivot_table(index=keys, columns="column", values="accuracy", aggfunc="mean")
-    order = sorted(table.columns, key=lambda c: (not c.startswith("eval"), len(c), c))
-    table = (100 * table[order]).round(2).reset_index()
-    seeds = frame.groupby(keys)["run"].nunique().rename("n").reset_index()
-    table = table.merge(seeds, on=keys)
-    table.insert(len(keys), "split", split)
-    return table[[*keys, "split", "n", *order]].astype(object).fillna("–")
-
-
-def comparison_display(report: Report) -> pd.DataFrame:
-    """Each r against the smallest r: paired difference of the metric, in points."""
-    outer = [c for c in report.runset.group_columns if c != "r"]
-    what = "test acc" if report.metric == "final_test_acc" else "test error"
-    rows = [
-        {
-            **{k: row[k] for k in outer},
-            "r": row["r"],
-            "vs r": row["baseline_r"],
-            "paired seeds": row["n_pairs"],
-            f"Δ {what} (pts)": _mean_std(row, "diff", 2, 100),
-            "95% CI": _ci(row, "diff", 2, 100),
-        }
-        for _, row in report.comparison.iterrows()
-    ]
-    columns = [*outer, "r", "vs r", "paired seeds", f"Δ {what} (pts)", "95% CI"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _tex(frame: pd.DataFrame) -> str:
-    """LaTeX (booktabs) with text escaped by hand, so that ± can become $\\pm$."""
-
-    def escape(text: object) -> str:
-        out = str(text)
-        for char in ("\\", "&", "%", "$", "#", "_", "{", "}"):
-            out = out.replace(char, "\\" + char)
-        return out.replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("–", "--")
-
-    escaped = frame.map(escape)
-    escaped.columns = [escape(c) for c in frame.columns]
-    return escaped.to_latex(index=False, escape=False)
 
 
 def read_ensembles(paths: Sequence[Path]) -> list[dict[str, object]]:
@@ -371,159 +304,6 @@ def read_ensembles(paths: Sequence[Path]) -> list[dict[str, object]]:
         except (OSError, ValueError):
             continue  # a damaged file only loses its own row
     return [r for r in results if isinstance(r.get("error"), int | float)]
-
-
-TABLE1_TITLE = "Sabour et al. (2017), Table 1: MNIST test error (%), ours beside the paper's"
-ENSEMBLE_TITLE = "Ensembles: test error (%) of the averaged class-capsule lengths"
-SECTION7_TITLE = (
-    "Sabour et al. (2017), Section 7: smallNORB and SVHN test error (%), ours beside the paper's"
-)
-
-
-def paper_sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
-    """The paper-layout tables that have data: (title, display frame)."""
-    sections = [
-        (TABLE1_TITLE, report.paper_table1),
-        (SECTION7_TITLE, report.paper_section7),
-        (ENSEMBLE_TITLE, report.ensembles),
-        (robustness.TITLE, robustness.robustness_table(report.robustness)),
-    ]
-    return [(title, frame) for title, frame in sections if not frame.empty]
-
-
-# --- writing ----------------------------------------------------------------------------
-
-
-def write_outputs(report: Report, formats: Sequence[str], figures: list[Path]) -> list[Path]:
-    """Write every file of the requested formats; return their paths."""
-    out = report.out_dir
-    written: list[Path] = []
-
-    def put(name: str, text: str) -> None:
-        atomic_write_text(out / name, text)
-        written.append(out / name)
-
-    summary, comparison = summary_display(report), comparison_display(report)
-    warnings = report.runset.warnings
-    if "csv" in formats and not report.runset.evals.empty:
-        put("evals.csv", report.runset.evals.to_csv(index=False))
-    if "csv" in formats:
-        put("runs.csv", report.runset.epochs.to_csv(index=False))
-        put("routing_runs.csv", report.runset.routing.to_csv(index=False))
-        put("per_run.csv", report.runs.to_csv(index=False))
-        put("summary.csv", report.summary.to_csv(index=False))
-        put("comparison.csv", report.comparison.to_csv(index=False))
-        put("warnings.csv", warnings.to_csv(index=False))
-        if not report.paper_table1.empty:
-            put("table1.csv", report.paper_table1.to_csv(index=False))
-        if not report.ensembles.empty:
-            put("ensembles.csv", report.ensembles.to_csv(index=False))
-        if not report.paper_section7.empty:
-            put("section7.csv", report.paper_section7.to_csv(index=False))
-        if not report.robustness.empty:
-            put("robustness.csv", report.robustness.to_csv(index=False))
-    if "md" in formats:
-        put("summary.md", _markdown(summary) + "\n")
-        put("report.md", report_markdown(report, summary, comparison, figures))
-    if "tex" in formats:
-        put("summary.tex", _tex(summary))
-        put("comparison.tex", _tex(comparison))
-        if not report.paper_table1.empty:
-            put("table1.tex", _tex(report.paper_table1))
-    if "html" in formats:
-        put("report.html", report_html(report, summary, comparison, figures))
-    return written
-
-
-EVAL_TITLE = "Accuracy (%) by training r and evaluation r (capsroute evaluate)"
-
-
-def _markdown(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False) if not frame.empty else "_(none)_"
-
-
-def _sources(report: Report) -> str:
-    runset = report.runset
-    return (
-        f"{runset.epochs['run'].nunique()} runs used of {runset.found} found; "
-        f"swept axes: dataset, r, seed{''.join(', ' + a for a in runset.axes)}. "
-        "Cells: mean ± sample std over seeds (n), 95% CI from the t distribution; "
-        "pts = percentage points."
-    )
-
-
-def report_markdown(
-    report: Report, summary: pd.DataFrame, comparison: pd.DataFrame, figures: list[Path]
-) -> str:
-    """report.md: findings, tables, warnings and figures (linked, relative to the report)."""
-    parts = [
-        "# Routing-iteration report",
-        _sources(report),
-        "## Findings",
-        "\n".join(f"- {line}" for line in report.findings),
-        "## Summary by dataset and r",
-        _markdown(summary),
-        "## Each r against the smallest r (paired by seed)",
-        _markdown(comparison),
-        *(
-            part
-            for title, frame in paper_sections(report)
-            for part in (f"## {title}", _markdown(frame))
-        ),
-        *(
-            [f"## {EVAL_TITLE}", _markdown(eval_display(report))]
-            if not report.runset.evals.empty
-            else []
-        ),
-        "## Runs left out",
-        _markdown(report.runset.warnings),
-        "## Figures",
-        "\n\n".join(f"![{p.stem}]({p.relative_to(report.out_dir).as_posix()})" for p in figures),
-    ]
-    return "\n\n".join(parts) + "\n"
-
-
-HTML_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border-bottom: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th { background: #f3f3f3; } img { max-width: 100%; display: block; margin: 1em 0; }
-"""
-
-
-def report_html(
-    report: Report, summary: pd.DataFrame, comparison: pd.DataFrame, figures: list[Path]
-) -> str:
-    """report.html: the same content as report.md, figures embedded, no external files."""
-
-    def table(frame: pd.DataFrame) -> str:
-        return frame.to_html(index=False, border=0) if not frame.empty else "<p>(none)</p>"
-
-    images = "\n".join(
-        f'<h3>{html.escape(p.stem)}</h3><img alt="{html.escape(p.stem)}" '
-        f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
-        for p in figures
-    )
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in report.findings)
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>Routing-iteration report</title><style>{HTML_STYLE}</style></head><body>\n"
-        f"<h1>Routing-iteration report</h1><p>{html.escape(_sources(report))}</p>\n"
-        f"<h2>Findings</h2><ul>{items}</ul>\n"
-        f"<h2>Summary by dataset and r</h2>{table(summary)}\n"
-        f"<h2>Each r against the smallest r (paired by seed)</h2>{table(comparison)}\n"
-        + "".join(
-            f"<h2>{html.escape(title)}</h2>{table(frame)}\n"
-            for title, frame in paper_sections(report)
-        )
-        + (
-            f"<h2>{html.escape(EVAL_TITLE)}</h2>{table(eval_display(report))}\n"
-            if not report.runset.evals.empty
-            else ""
-        )
-        + f"<h2>Runs left out</h2>{table(report.runset.warnings)}\n"
-        f"<h2>Figures</h2>{images}\n</body></html>\n"
-    )
 
 
 # --- terminal ---------------------------------------------------------------------------
@@ -556,7 +336,9 @@ def print_report(report: Report, console: Console) -> None:
     if not report.runset.evals.empty:
         console.print(rich_table(eval_display(report), EVAL_TITLE))
     if not report.comparison.empty:
-        console.print(rich_table(comparison_display(report), "each r vs the smallest r"))
+        console.print(rich_table(comparison_display(report), COMPARISON_TITLE))
+    if not report.diagnostics.empty:
+        console.print(rich_table(report.diagnostics, DIAGNOSTICS_TITLE))
     for title, frame in paper_sections(report):
         console.print(rich_table(frame, title))
     print_warnings(report.runset, console)

@@ -1,222 +1,272 @@
-"""Short findings computed from the per-run table, each sentence carrying its numbers.
+"""Findings computed from the per-run table, each sentence carrying its numbers.
 
-Two questions a routing study asks: which r is best per dataset (and is its lead larger than
-the seed-to-seed spread?), and does the generalisation gap grow with r? Sentences only claim
-what the numbers show: with one seed the spread is said to be unknown, and "within the seed
-spread" means the paired-by-seed 95% t interval of the difference contains zero.
+Nothing is chosen on the numbers it is reported on:
+
+- with a validation split in every run of a dataset (`dataset.val_size`), the r (and the
+  epoch, and the evaluation r of `capsroute evaluate`) is chosen on validation accuracy, and
+  the sentence gives the test accuracy of that choice, compared with every other r and every
+  routing control on the test set (paired by seed, Bonferroni-adjusted intervals);
+- without one, no r is named best. The sentence gives the pre-declared comparisons instead:
+  every r against a reference r (`report.reference_r`; default r = 3 when run, else the
+  smallest r) and every routing control against every dynamic r, paired by seed with
+  Bonferroni-adjusted intervals (`capsroute.report.compare`).
+
+One seed means no interval and no better/worse. The findings open with the two claims of
+`capsroute.report.hypotheses`, and end with what the data cannot say: cells mixing training
+lengths, and subset or short runs (a measure of convergence speed, not of final accuracy).
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
-from capsroute.report.runset import axis_label
-from capsroute.report.stats import Estimate, estimate, paired_difference
+from capsroute.config import TrainConfig
+from capsroute.report.compare import DYNAMIC, MODE_AXIS, Comparison, by_seed, compare, reference_r
+from capsroute.report.hypotheses import (
+    METRIC_WORDS,
+    chance_text,
+    choice_sentence,
+    overfit_sentence,
+    validated,
+)
+from capsroute.report.stats import estimate
+from capsroute.report.wording import (
+    adjustment_text,
+    blocks,
+    comparison_text,
+    dynamic_rows,
+    mean_std,
+    pct,
+)
 
-METRIC_WORDS = {
-    "final_test_acc": ("final test accuracy", True),
-    "final_test_error": ("final test error", False),
-}
+# Runs shorter than the configured default, or on a training subset, measure convergence speed.
+FULL_LENGTH_EPOCHS = TrainConfig().epochs
 
 
-MODE_AXIS = "routing.mode"
-
-
-def findings(runs: pd.DataFrame, axes: Sequence[str], metric: str) -> list[str]:
-    """Sentences for every dataset (x extra axes): the best r, then the gap trend; with the
-    routing controls swept, how dynamic routing compares with them."""
+def findings(
+    runs: pd.DataFrame,
+    axes: Sequence[str],
+    metric: str,
+    reference: int | None = None,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """The claims first (per dataset x axes other than the routing mode), then per block the
+    r comparison, the controls, mixed-length flags, and the training-scope label."""
+    others = [axis for axis in axes if axis != MODE_AXIS]
+    found = blocks(runs, others)
     sentences = []
-    for where, block in _blocks(runs, axes):
-        if MODE_AXIS in block.columns and (block[MODE_AXIS] != "dynamic").all():
-            continue  # a control has no r to choose; control_sentences compares it
-        sentences.append(best_r_sentence(where, block, metric))
-        if block["r"].nunique() > 1:
-            sentences.append(gap_trend_sentence(where, block))
-    if MODE_AXIS in axes:
-        others = [axis for axis in axes if axis != MODE_AXIS]
-        sentences += [
-            control_sentence(where, block, metric) for where, block in _blocks(runs, others)
-        ]
-    return sentences
+    for where, block in found:
+        dynamic = dynamic_rows(block)
+        if dynamic.empty:
+            continue
+        sentences += [overfit_sentence(where, dynamic), choice_sentence(where, dynamic, metric)]
+    for where, block in found:
+        if validated(block):
+            sentences.append(validated_sentence(where, block))
+        else:
+            sentences.append(predeclared_sentence(where, block, metric, reference))
+        sentences += mixed_length_sentences(where, block, others)
+        failed = chance_text({int(r): cell for r, cell in dynamic_rows(block).groupby("r")})
+        if failed:
+            sentences.append(
+                f"Flag: on {where}, {failed}: final train-eval accuracy at chance, so these "
+                "runs did not learn (a failed optimisation, not an effect of routing on "
+                "generalisation); comparisons with them say only that."
+            )
+    scope = scope_sentence(runs, configs or {})
+    return sentences + ([scope] if scope else [])
 
 
-def _blocks(runs: pd.DataFrame, axes: Sequence[str]) -> list[tuple[str, pd.DataFrame]]:
-    outer = ["dataset", *axes]
-    blocks = []
-    for key, block in runs.groupby(outer, sort=True):
-        values = key if isinstance(key, tuple) else (key,)
-        extra = ", ".join(axis_label(a, v) for a, v in zip(axes, values[1:], strict=True))
-        blocks.append((f"{values[0]}" + (f" ({extra})" if extra else ""), block))
-    return blocks
+def _controls(block: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    if MODE_AXIS not in block.columns:
+        return {}
+    return {str(m): cell for m, cell in block.groupby(MODE_AXIS, sort=True) if m != DYNAMIC}
 
 
-def control_sentence(where: str, block: pd.DataFrame, metric: str) -> str:
-    """Dynamic routing at its best r against the uniform and random controls (Paik et al.)."""
-    words, higher_better = METRIC_WORDS[metric]
-    dynamic = block[block[MODE_AXIS] == "dynamic"]
-    controls = {
-        mode: cell for mode, cell in block.groupby(MODE_AXIS, sort=True) if mode != "dynamic"
-    }
-    if dynamic.empty or not controls:
-        modes = ", ".join(sorted(str(m) for m in block[MODE_AXIS].unique()))
-        return (
-            f"On {where}, only routing={modes} was run, so routing is not compared with a control."
-        )
-    cells = {r: estimate(cell[metric].tolist()) for r, cell in dynamic.groupby("r")}
-    best = (max if higher_better else min)(cells, key=lambda r: cells[r].mean)
-    best_seeds = _by_seed(dynamic, best, metric)
-    parts = []
-    for mode, cell in controls.items():
-        value = estimate(cell[metric].tolist())
-        diff, seeds = paired_difference(
-            best_seeds, dict(zip(cell["seed"], cell[metric], strict=True))
-        )
-        verdict = _spread_verdict(diff, len(seeds), f"difference dynamic minus {mode}")
-        verdict = verdict[0].lower() + verdict[1:].rstrip(".")
-        parts.append(f"{mode} coupling {_mean_std(value, long=False)} ({verdict})")
+def validated_sentence(where: str, block: pd.DataFrame) -> str:
+    """The r with the highest mean validation accuracy, its test accuracy at the epoch chosen
+    on validation, and that r against every other r and control on the test set."""
+    dynamic, controls = dynamic_rows(block), _controls(block)
+    if dynamic.empty:
+        return f"On {where}, no run used dynamic routing, so no r is chosen."
+    val = dynamic.groupby("r")["best_val_acc"].mean()
+    chosen = int(val.idxmax())  # first highest mean validation accuracy
+    test = "test_acc_at_val_best"
+    cell = dynamic[dynamic["r"] == chosen]
+    text = (
+        f"On {where}, r={chosen} has the highest mean validation accuracy "
+        f"({', '.join(f'r={r}: {pct(v)}%' for r, v in val.items())}; r and epoch both chosen "
+        f"on validation); its test accuracy at the epoch chosen on validation is "
+        f"{mean_std(estimate(cell[test].tolist()))}."
+    )
+    pairs = [
+        (f"r={chosen}", by_seed(cell, test), f"r={r}", by_seed(other, test))
+        for r, other in dynamic.groupby("r", sort=True)
+        if r != chosen
+    ]
+    pairs += [
+        (f"r={chosen}", by_seed(cell, test), mode, by_seed(other, test))
+        for mode, other in controls.items()
+    ]
+    if not pairs:
+        return text
+    found = compare(pairs)
     return (
-        f"On {where}, dynamic routing at its best r (r={best}) has {words} "
-        f"{_mean_std(cells[best])}; " + "; ".join(parts) + "."
+        f"{text} Against the rest on the test set, paired by seed, {adjustment_text(found)}: "
+        + "; ".join(comparison_text(c) for c in found)
+        + "."
     )
 
 
-def eval_sentences(evals: pd.DataFrame, axes: Sequence[str], split: str) -> list[str]:
-    """For each training r: which evaluation r (dynamic routing) scores best on `split`."""
-    frame = evals[(evals["split"] == split) & (evals["mode"] == "dynamic")]
+def predeclared_sentence(
+    where: str, block: pd.DataFrame, metric: str, reference: int | None
+) -> str:
+    """No validation split: every r against the reference r, every control against every
+    dynamic r, on `metric`, with no winner named."""
+    words, _ = METRIC_WORDS[metric]
+    dynamic, controls = dynamic_rows(block), _controls(block)
+    rs = sorted(int(r) for r in dynamic["r"].unique())
+    if not rs:
+        return f"On {where}, no run used dynamic routing, so r is not compared."
+    cells = {r: by_seed(dynamic[dynamic["r"] == r], metric) for r in rs}
+    means = ", ".join(
+        f"r={r}: {mean_std(estimate(list(cells[r].values())), long=False)}" for r in rs
+    )
+    text = (
+        f"On {where}, not every run has a validation split, so no r is named best "
+        f"({words}, mean ± std over seeds: {means}"
+    )
+    text += "".join(
+        f"; {mode}: {mean_std(estimate(cell[metric].tolist()), long=False)}"
+        for mode, cell in controls.items()
+    )
+    text += ")."
+    ref, why = reference_r(rs, reference)
+    pairs = [(f"r={r}", cells[r], f"r={ref}", cells[ref]) for r in rs if r != ref]
+    pairs += [
+        (mode, by_seed(cell, metric), f"r={r}", cells[r])
+        for mode, cell in controls.items()
+        for r in rs
+    ]
+    if not pairs:
+        return f"{text} Only r={ref} was run: r cannot be compared."
+    found: list[Comparison] = compare(pairs)
+    return (
+        f"{text} Pre-declared comparisons on the {words} (reference r={ref}: {why}"
+        + ("; every control against every dynamic r" if controls else "")
+        + f"), paired by seed, {adjustment_text(found)}: "
+        + "; ".join(comparison_text(c) for c in found)
+        + "."
+    )
+
+
+def mixed_length_sentences(where: str, block: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """A flag for every cell whose runs recorded different numbers of epochs."""
+    keys = [MODE_AXIS, "r"] if MODE_AXIS in block.columns else ["r"]
+    out = []
+    for key, cell in block.groupby(keys, sort=True):
+        lengths = sorted(int(n) for n in cell["epochs_run"].unique())
+        if len(lengths) > 1:
+            name = ", ".join(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+            out.append(
+                f"Flag: on {where}, the runs of cell {name} trained for different lengths "
+                f"({', '.join(str(n) for n in lengths)} epochs: early stopping or a different "
+                "train.epochs), so its seeds are not replicates of one schedule."
+            )
+    lengths = sorted(int(n) for n in block["epochs_run"].unique())
+    if len(lengths) > 1 and not out:
+        out.append(
+            f"Flag: on {where}, cells trained for different lengths "
+            f"({', '.join(str(n) for n in lengths)} epochs), so their comparisons mix training "
+            "length with routing."
+        )
+    return out
+
+
+def scope_sentence(runs: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """Subset or short runs (e.g. `experiment=quick`): convergence speed, not final accuracy."""
+    subset, short = set(), set()
+    for name in runs["run"]:
+        config = configs.get(name, {})
+        if config.get("dataset.train_size") is not None:
+            subset.add(config["dataset.train_size"])
+        epochs = config.get("train.epochs")
+        if isinstance(epochs, int) and epochs < FULL_LENGTH_EPOCHS:
+            short.add(epochs)
+    if not subset and not short:
+        return None
+    parts = []
+    if subset:
+        parts.append(f"a training subset (dataset.train_size={_values(subset)})")
+    if short:
+        parts.append(f"{_values(short)} epoch(s) (fewer than the default {FULL_LENGTH_EPOCHS})")
+    return (
+        f"Scope: runs here train on {' for '.join(parts)}: their accuracies measure convergence "
+        "speed, not the final accuracy of a fully trained network."
+    )
+
+
+def _values(values: set[Any]) -> str:
+    return ", ".join(str(v) for v in sorted(values))
+
+
+def eval_sentences(evals: pd.DataFrame, axes: Sequence[str]) -> list[str]:
+    """`capsroute evaluate`: per training r, the evaluation r chosen on the validation split
+    with its test accuracy; without validation rows, the test accuracies and no choice."""
+    dynamic = evals[evals["mode"] == DYNAMIC]
+    has_val = "val" in set(dynamic["split"])
     sentences = []
-    for where, block in _blocks(frame, axes):
+    for where, block in blocks(dynamic, axes):
         parts = []
         for r, cell in block.groupby("r", sort=True):
-            means = cell.groupby("eval_r")["accuracy"].mean()
-            best = int(means.idxmax())
-            text = f"trained r={r}: best at eval r={best} ({_pct(means[best])}%"
-            if best != r and r in means.index:
-                text += f"; {_pct(means[r])}% at its own r"
-            parts.append(text + ")")
+            test = cell[cell["split"] == "test"].groupby("eval_r")["accuracy"].mean()
+            if has_val and (cell["split"] == "val").any():
+                val = cell[cell["split"] == "val"].groupby("eval_r")["accuracy"].mean()
+                best = int(val.idxmax())
+                text = f"trained r={r}: eval r={best} chosen on validation ({pct(val[best])}%"
+                text += f"; test {pct(test[best])}%)" if best in test.index else "; no test rows)"
+            else:
+                listed = ", ".join(f"r={e}: {pct(a)}%" for e, a in test.items())
+                text = f"trained r={r}: test {listed}"
+            parts.append(text)
         tried = ", ".join(str(r) for r in sorted(block["eval_r"].unique()))
+        how = (
+            "the evaluation r chosen on the validation split"
+            if has_val
+            else "no validation split was evaluated, so no evaluation r is named best"
+        )
         sentences.append(
-            f"On {where}, evaluated with r = {tried} on the {split} set (mean over seeds): "
+            f"On {where}, evaluated with r = {tried} (mean over seeds; {how}): "
             + "; ".join(parts)
             + "."
         )
     return sentences
 
 
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
-def _signed(value: float) -> str:
-    return f"{100 * value:+.2f}"
-
-
-def _mean_std(value: Estimate, long: bool = True) -> str:
-    if value.n < 2:
-        return f"{_pct(value.mean)}%" + (" (n=1)" if long else "")
-    text = f"{_pct(value.mean)}% ± {_pct(value.std)}"
-    return text + (f" (mean ± std, n={value.n})" if long else "")
-
-
-def _by_seed(block: pd.DataFrame, r: int, column: str) -> dict[object, float]:
-    cell = block[block["r"] == r]
-    return dict(zip(cell["seed"], cell[column], strict=True))
-
-
-def best_r_sentence(where: str, block: pd.DataFrame, metric: str) -> str:
-    """Which r has the best mean `metric`, by how much over the runner-up, and is it noise?"""
-    words, higher_better = METRIC_WORDS[metric]
-    cells = {r: estimate(cell[metric].tolist()) for r, cell in block.groupby("r")}
-    if len(cells) == 1:
-        (r, only), *_ = cells.items()
-        return f"On {where}, only r={r} was run ({words} {_mean_std(only)}): r cannot be compared."
-    ranked = sorted(cells, key=lambda r: cells[r].mean, reverse=higher_better)
-    best, runner = ranked[0], ranked[1]
-    lead = abs(cells[best].mean - cells[runner].mean)
-    if lead == 0:
-        return (
-            f"On {where}, r={best} and r={runner} tie on mean {words} ({_pct(cells[best].mean)}%)."
-        )
-    text = (
-        f"On {where}, r={best} has the {'highest' if higher_better else 'lowest'} mean {words}, "
-        f"{_mean_std(cells[best])}, {_pct(lead)} points {'above' if higher_better else 'below'} "
-        f"the next best, r={runner} ({_mean_std(cells[runner], long=False)})."
-    )
-    diff, seeds = paired_difference(_by_seed(block, best, metric), _by_seed(block, runner, metric))
-    return f"{text} {_spread_verdict(diff, len(seeds), 'difference')}"
-
-
-def _spread_verdict(diff: Estimate, pairs: int, what: str) -> str:
-    if pairs < 2 or math.isnan(diff.ci_low):
-        return (
-            f"With {pairs} seed(s) in common the seed spread cannot be judged, "
-            "so this ordering may be noise."
-        )
-    interval = f"[{_signed(diff.ci_low)}, {_signed(diff.ci_high)}] points"
-    if diff.ci_low <= 0 <= diff.ci_high:
-        return (
-            f"The paired-by-seed {what} has 95% CI {interval} (n={pairs}): within the seed spread."
-        )
-    return f"The paired-by-seed {what} has 95% CI {interval} (n={pairs}), which excludes 0."
-
-
-def gap_trend_sentence(where: str, block: pd.DataFrame) -> str:
-    """How the final generalisation gap moves with r: values, slope, monotonicity, seeds."""
-    means = block.groupby("r")["gap_final"].mean().sort_index()
-    rs, gaps = list(means.index), list(means)
-    steps = [b - a for a, b in itertools.pairwise(gaps)]
-    rising, falling = all(d > 0 for d in steps), all(d < 0 for d in steps)
-    every = " at every step in r" if len(steps) > 1 else ""
-    if rising or falling:
-        shape = f"the mean {'rises' if rising else 'falls'}{every}"
-    else:
-        shape = "the mean does not change monotonically with r"
-    text = (
-        f"On {where}, the final generalisation gap (train-eval minus test accuracy, mean over "
-        f"seeds) is {', '.join(_pct(g) for g in gaps)} points for r = "
-        f"{', '.join(str(r) for r in rs)} (least-squares slope {_signed(_slope(rs, gaps))} "
-        f"points per iteration): {shape}."
-    )
-    low, high = rs[0], rs[-1]
-    diff, seeds = paired_difference(
-        _by_seed(block, high, "gap_final"), _by_seed(block, low, "gap_final")
-    )
-    if not seeds:
-        return f"{text} No seed ran at both r={low} and r={high}, so the spread cannot be judged."
-    larger = sum(
-        _by_seed(block, high, "gap_final")[s] > _by_seed(block, low, "gap_final")[s] for s in seeds
-    )
-    text += f" The gap is larger at r={high} than at r={low} in {larger} of {len(seeds)} seeds."
-    return f"{text} {_spread_verdict(diff, len(seeds), f'change from r={low} to r={high}')}"
-
-
-def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Ordinary least-squares slope of ys on xs."""
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-
-
-def caveats(used: int, found: int, left_out: int, validated: bool = False) -> list[str]:
+def caveats(
+    used: int, found: int, left_out: int, validated: bool = False, diagnostics: str = ""
+) -> list[str]:
     """Sentences about what the numbers rest on, true for any data.
 
     `validated`: some runs held out a validation split, whose best epoch is an honest choice.
+    `diagnostics`: where the routing diagnostics were measured (a sentence), if any.
     """
     lines = [
         f"{used} of {found} run directories are used; {left_out} are left out "
         "(see the warnings table)."
         if left_out
         else f"All {found} run directories found are used.",
-        "'Best test accuracy' is best-on-test: the epoch is chosen on the test set, so it "
-        "overstates what a held-out choice of epoch would give; the final-epoch numbers are "
-        "the unbiased ones.",
+        "The best-on-test accuracy chooses the epoch on the test set, so it overstates what a "
+        "held-out choice of epoch would give; no finding above uses it.",
     ]
     if validated:
         lines.append(
             "'Test acc at best-val epoch' chooses the epoch on the validation split held out of "
             "the training images (dataset.val_size), so it is an honest held-out choice."
         )
+    if diagnostics:
+        lines.append(diagnostics)
     return lines

@@ -130,9 +130,21 @@ def per_epoch(
 
 
 def routing_at_last_epoch(
-    routing: pd.DataFrame, axes: Sequence[str], column: str, label: str, path: Path, log: bool
+    routing: pd.DataFrame,
+    axes: Sequence[str],
+    column: str,
+    label: str,
+    path: Path,
+    log: bool,
+    reference: dict[str, float] | None = None,
+    split: str = "test set",
 ) -> Path:
-    """A routing statistic against the iteration k, at each run's last epoch."""
+    """A routing statistic against the iteration k, at each run's last epoch.
+
+    `reference` (per dataset): the value with uniform couplings, drawn as a dashed line
+    instead of points (it is a constant, not a measurement).
+    """
+    reference = reference or {}
     last = routing.groupby("run")["epoch"].transform("max")
     frame_all = routing[routing["epoch"] == last]
     datasets = sorted(frame_all["dataset"].unique())
@@ -140,7 +152,13 @@ def routing_at_last_epoch(
     for ax, dataset in zip(panels, datasets, strict=True):
         frame = frame_all[frame_all["dataset"] == dataset]
         _lines(ax, frame, axes, "iteration", column, 1.0, markers=True)
-        ax.set_xlabel("routing iteration k (last epoch, test set)")
+        if dataset in reference:
+            ax.axhline(
+                reference[dataset], color="grey", linestyle="--", linewidth=1,
+                label="uniform couplings (iteration 1, r = 1): not measured",
+            )  # fmt: skip
+            ax.legend(fontsize="small")
+        ax.set_xlabel(f"routing iteration k (last epoch, {split})")
         ax.set_ylabel(label)
         if log:
             ax.set_yscale("log")

@@ -29,7 +29,14 @@ from capsroute.run import rundir
 
 # Keys that say where things live or how progress is shown, never what was trained.
 BOOKKEEPING_KEYS = frozenset(
-    {"dataset.root", "dataset.download", "train.progress", "out_root", "run_name"}
+    {
+        "dataset.root",
+        "dataset.download",
+        "train.progress",
+        "out_root",
+        "run_name",
+        "report.reference_r",
+    }
 )
 FIXED_AXES = {"dataset": "dataset.name", "r": "routing.iterations", "seed": "seed"}
 # How swept config keys read in legends and sentences (tables keep the config key itself).
@@ -253,14 +260,19 @@ def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> p
     """
     if config.get("model.kind", "capsnet") != "capsnet":
         return pd.DataFrame(columns=list(rundir.ROUTING_REQUIRED))
-    frame = _read_numeric_csv(path, rundir.ROUTING_REQUIRED)
+    # the last iteration's |Δb| is empty in newer runs (never applied); `split` is text
+    filled = [c for c in rundir.ROUTING_REQUIRED if c != "delta_b"]
+    frame = _read_numeric_csv(path, rundir.ROUTING_REQUIRED, filled, text=("split",))
     r = config.get("routing.iterations")
     for epoch in metrics["epoch"]:
-        iterations = frame.loc[frame["epoch"] == epoch, "iteration"].tolist()
+        rows = frame[frame["epoch"] == epoch]
+        iterations = rows["iteration"].tolist()
         if iterations != list(range(1, (r or 0) + 1)):
             raise UnusableRunError(
                 f"{path.name} epoch {epoch} has iterations {iterations}, r is {r}"
             )
+        if rows["delta_b"].iloc[:-1].isna().any():
+            raise UnusableRunError(f"{path.name} epoch {epoch} lacks a |Δb| of an applied update")
     return frame
 
 
@@ -288,7 +300,16 @@ def read_evals(path: Path, last_epoch: int) -> pd.DataFrame:
     return frame
 
 
-def _read_numeric_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
+def _read_numeric_csv(
+    path: Path,
+    required: Iterable[str],
+    filled: Iterable[str] | None = None,
+    text: Iterable[str] = (),
+) -> pd.DataFrame:
+    """A CSV with the `required` columns, every row holding a number in the `filled` ones
+    (default: the required ones); every column but the `text` ones is read as numbers."""
+    required, text = list(required), set(text)
+    filled = required if filled is None else list(filled)
     if not path.exists():
         raise UnusableRunError(f"{path.name} missing")
     try:
@@ -301,8 +322,9 @@ def _read_numeric_csv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     if frame.empty:
         raise UnusableRunError(f"{path.name} has no rows")
     for column in frame.columns:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce")
-    bad = frame[list(required)].isna().any(axis=1)
+        if column not in text:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    bad = frame[filled].isna().any(axis=1)
     if bad.any():
         row = int(bad.to_numpy().argmax()) + 1
         raise UnusableRunError(

@@ -91,3 +91,19 @@ def paired_difference(
     """
     keys = sorted(set(treated) & set(baseline), key=str)
     return estimate([treated[k] - baseline[k] for k in keys], level), keys
+
+
+def t_test_p_value(diff: Estimate) -> float:
+    """Two-sided p-value of a one-sample t test of mean 0 for `diff` (NaN when n < 2)."""
+    if diff.n < 2 or math.isnan(diff.std):
+        return NAN
+    if diff.std == 0:
+        return 1.0 if diff.mean == 0 else 0.0
+    t = abs(diff.mean) / (diff.std / math.sqrt(diff.n))
+    return max(0.0, 1.0 - t_two_sided_probability(t, diff.n - 1))
+
+
+def bonferroni_level(level: float, comparisons: int) -> float:
+    """Each interval's level so that `comparisons` intervals hold together with `level`:
+    1 - (1 - level) / m (Bonferroni)."""
+    return 1.0 - (1.0 - level) / max(comparisons, 1)

@@ -10,7 +10,8 @@ from capsroute.config import DatasetConfig, ModelConfig
 from capsroute.data.batches import eval_batches
 from capsroute.data.files import ImageTensors
 from capsroute.device import autocast
-from capsroute.nn.capsnet import CapsNet, correct_predictions, reseed_routing
+from capsroute.nn.capsnet import CapsNet, DigitCaps, correct_predictions, reseed_routing
+from capsroute.routing.diagnostics import SUM_ROWS, diagnostic_means, weighted_sums
 
 # Seed of the random couplings (routing.mode=random) at the start of every evaluation, so an
 # evaluation is deterministic and `capsroute evaluate` repeats the run's own numbers.
@@ -20,9 +21,12 @@ EVAL_ROUTING_SEED = 2017
 @dataclass
 class EvalResult:
     """Means over the evaluated images. `routing` holds one dict per routing iteration
-    (`iteration`, `delta_b`, `entropy`, `max_c`, `polarised`, `flip`) when diagnostics were
-    requested; `flip` is the fraction of images whose predicted class after iteration k
-    differs from the final prediction (0 at the last iteration, so always 0 with r = 1)."""
+    (`iteration`, `delta_b`, `entropy`, `max_c`, `polarised`, `flip`, and the weighted and
+    scale-free `entropy_w`, `max_c_w`, `polarised_w`, `agreement`, `agreement_w` of
+    `capsroute.routing.diagnostics`) when diagnostics were requested. `flip` is the fraction
+    of images whose predicted class after iteration k differs from the final prediction (0 at
+    the last iteration, so always 0 with r = 1). `delta_b` of the last iteration is None: that
+    update is computed but never applied to a coupling, so it is not recorded."""
 
     images: int
     accuracy: float
@@ -74,8 +78,12 @@ def evaluate(
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, loss, margin, recon
     # per iteration: delta_b, entropy, max_c, polarised (x images), changed predictions
     stats = torch.zeros(5, r, dtype=torch.float64, device=device)
+    weighted = torch.zeros(len(SUM_ROWS), r, dtype=torch.float64, device=device)
     for batch in eval_batches(data, dataset, batch_size, device):
-        with autocast(device, precision):
+        with (
+            autocast(device, precision),
+            _RoutingInput(model.digit if diagnostics else None) as seen,
+        ):
             out = model(batch.images, batch.labels, iterations=r, diagnostics=diagnostics)
             parts = out.loss(batch.recon_target, batch.labels, model_cfg)
         n = batch.labels.shape[0]
@@ -97,20 +105,23 @@ def evaluate(
             predicted = routed.lengths[:, :, : model.num_classes].argmax(dim=2)  # (r, B)
             flips = (predicted != predicted[-1]).sum(dim=1)  # (r,)
             stats += torch.cat([batch.double() * n, flips.double().unsqueeze(0)])
+            weighted += seen.sums(r)
     model.train(was_training)
     count = len(data)
     correct, loss, margin, recon = (totals / count).tolist()
     routing_rows = []
     if diagnostics:
         means = (stats / count).tolist()
+        extra = diagnostic_means(weighted)
         routing_rows = [
             {
                 "iteration": k + 1,
-                "delta_b": means[0][k],
+                "delta_b": means[0][k] if k < r - 1 else None,  # the last update is not applied
                 "entropy": means[1][k],
                 "max_c": means[2][k],
                 "polarised": means[3][k],
                 "flip": means[4][k],
+                **extra[k],
             }
             for k in range(r)
         ]
@@ -122,3 +133,46 @@ def evaluate(
         recon_loss=recon if model.decoder is not None else None,
         routing=routing_rows,
     )
+
+
+class _RoutingInput:
+    """Within the block, catches what a CapsNet's DigitCaps routes (its input u, (B, N_in,
+    in_dim), and the random generator's state before the draw) so that `sums` can re-route it
+    for the weighted diagnostics. With `digit` None it does nothing."""
+
+    def __init__(self, digit: DigitCaps | None) -> None:
+        self.digit = digit
+        self.u: torch.Tensor | None = None
+        self.state: torch.Tensor | None = None
+        self.handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> _RoutingInput:
+        if self.digit is not None:
+            generator = self.digit.generator
+            self.state = generator.get_state() if generator is not None else None
+            self.handle = self.digit.register_forward_pre_hook(self._catch)
+        return self
+
+    def _catch(self, _module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self.u = args[0].detach()
+
+    def __exit__(self, *_: object) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+    def sums(self, iterations: int) -> torch.Tensor:
+        """`weighted_sums` of the caught batch, from the same initial logits the forward pass
+        drew (the generator is replayed from its saved state and left where the pass left it)."""
+        digit, u = self.digit, self.u
+        assert digit is not None and u is not None
+        with torch.autocast(u.device.type, enabled=False):
+            u = u.float()
+            u_hat = digit.predictions(u)  # (B, N_in, N_out, D)
+            saved = digit.generator
+            if self.state is not None:
+                digit.generator = torch.Generator().set_state(self.state)
+            try:
+                init = digit.initial_logits(u.shape[0], iterations, u.device)
+            finally:
+                digit.generator = saved
+            return weighted_sums(u_hat, u.norm(dim=-1), iterations, digit.bias, init)

@@ -21,6 +21,7 @@ from capsroute.device import device_description
 from capsroute.errors import CapsrouteError, RunDirError, one_line
 from capsroute.io import utc_now, write_json
 from capsroute.run import rundir
+from capsroute.run.selection import headline
 
 log = logging.getLogger("capsroute")
 
@@ -83,24 +84,7 @@ def write_summary(
     summary["skipped_steps"] = state.skipped_steps
     summary["error"] = error
     if state.metrics:
-        last = state.metrics[-1]
-        best = max(state.metrics, key=lambda row: row["test_acc"])  # best-on-test (optimistic)
-        summary.update(
-            final_test_acc=last["test_acc"],
-            final_test_error=1.0 - last["test_acc"],
-            final_train_eval_acc=last["train_eval_acc"],
-            best_test_acc=best["test_acc"],
-            best_epoch=best["epoch"],
-            best_epoch_by="test",
-        )
-        if last.get("val_acc") is not None:  # choose the epoch on validation, report test there
-            chosen = max(state.metrics, key=lambda row: row["val_acc"])  # first highest
-            summary.update(
-                best_epoch=chosen["epoch"],
-                best_epoch_by="val",
-                best_val_acc=chosen["val_acc"],
-                test_acc_at_best=chosen["test_acc"],
-            )
+        summary.update(headline(state.metrics))  # one definition of every "best" (selection)
         patience = summary.get("config", {}).get("train", {}).get("early_stopping_patience")
         summary["stopped_early"] = state.epoch < summary.get("epochs", 0) and stops_early(
             state.metrics, patience

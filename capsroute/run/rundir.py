@@ -47,15 +47,19 @@ METRICS_COLUMNS = (
     "test_recon_loss",
     "val_acc",
     "val_loss",
+    "val_margin_loss",
     "lr",
     "epoch_seconds",
     "images_per_s",
     "eval_seconds",
 )
-# routing.csv: one row per epoch and routing iteration. Runs written before the polarisation and
-# flip diagnostics existed have only the required columns.
+# routing.csv: one row per epoch and routing iteration, measured on `split` (val when the run
+# has a validation split, else test). Runs written before the polarisation, flip and weighted
+# diagnostics existed have only the required columns (and measured on test). delta_b is empty at
+# the last iteration: that update is never applied (older runs recorded it).
 ROUTING_REQUIRED = ("epoch", "iteration", "delta_b", "entropy", "max_c")
-ROUTING_COLUMNS = (*ROUTING_REQUIRED, "polarised", "flip")
+WEIGHTED_DIAGNOSTICS = ("entropy_w", "max_c_w", "polarised_w", "agreement", "agreement_w")
+ROUTING_COLUMNS = (*ROUTING_REQUIRED, "polarised", "flip", *WEIGHTED_DIAGNOSTICS, "split")
 # eval_iters.csv: one row per split x mode x eval r; eval_routing.csv: per routing iteration.
 # The report needs the required columns only.
 EVAL_COLUMNS = (
@@ -87,6 +91,7 @@ EVAL_ROUTING_COLUMNS = (
     "max_c",
     "polarised",
     "flip",
+    *WEIGHTED_DIAGNOSTICS,
 )
 EVAL_REQUIRED = ("epoch", "eval_r", "accuracy")
 # eval_cross.csv: one row per other dataset x mode x eval r. `own_test_acc` is the accuracy the

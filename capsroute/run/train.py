@@ -299,8 +299,11 @@ def run_epoch(
     eval_started = time.perf_counter()
     eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
     train_eval = evaluate(model, splits.train_eval, *eval_args)
-    val = evaluate(model, splits.val, *eval_args) if splits.val is not None else None
-    test = evaluate(model, splits.test, *eval_args, diagnostics=True)
+    # routing diagnostics on the validation split when there is one: nothing chosen or read
+    # from them then touches the test set
+    has_val = splits.val is not None
+    val = evaluate(model, splits.val, *eval_args, diagnostics=True) if has_val else None
+    test = evaluate(model, splits.test, *eval_args, diagnostics=not has_val)
     eval_seconds = time.perf_counter() - eval_started
     row = metrics_row(epoch, loss, margin, recon, correct, train_eval, test, lr, config, val)
     row.update(
@@ -308,7 +311,9 @@ def run_epoch(
         images_per_s=len(splits.train) / train_seconds,
         eval_seconds=eval_seconds,
     )
-    routing_rows = [{"epoch": epoch, **r} for r in test.routing]
+    diagnosed = val if val is not None else test
+    split = "val" if val is not None else "test"
+    routing_rows = [{"epoch": epoch, "split": split, **r} for r in diagnosed.routing]
     return row, routing_rows
 
 
@@ -341,6 +346,7 @@ def metrics_row(
         "test_recon_loss": test.recon_loss,
         "val_acc": val.accuracy if val is not None else None,
         "val_loss": val.loss if val is not None else None,
+        "val_margin_loss": val.margin_loss if val is not None else None,
         "lr": lr,
     }
 

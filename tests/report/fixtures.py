@@ -45,8 +45,10 @@ def metrics_rows(
     train_loss: Sequence[float] | None = None,
     epoch_seconds: Sequence[float] | None = None,
     images_per_s: Sequence[float] | None = None,
+    val_acc: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
-    """metrics.csv rows; columns a test does not care about get plausible fixed values."""
+    """metrics.csv rows; columns a test does not care about get plausible fixed values. The
+    validation columns are empty unless `val_acc` is given (a run with dataset.val_size)."""
     n = len(test_acc)
     train_loss = train_loss or [0.5 / (epoch + 1) for epoch in range(n)]
     epoch_seconds = epoch_seconds or [1.0] * n
@@ -64,6 +66,9 @@ def metrics_rows(
             "test_loss": test_loss[epoch],
             "test_margin_loss": test_loss[epoch] * 0.9,
             "test_recon_loss": 100.0,
+            "val_acc": val_acc[epoch] if val_acc else None,
+            "val_loss": test_loss[epoch] if val_acc else None,
+            "val_margin_loss": test_loss[epoch] * 0.9 if val_acc else None,
             "lr": 0.001,
             "epoch_seconds": epoch_seconds[epoch],
             "images_per_s": images_per_s[epoch],
@@ -74,12 +79,14 @@ def metrics_rows(
 
 
 def routing_rows(epochs: int, r: int) -> list[dict[str, Any]]:
-    """routing.csv rows: |Δb| shrinking and entropy falling with the iteration."""
+    """routing.csv rows: |Δb| shrinking (empty at the last iteration, never applied, as
+    training writes it) and entropy falling with the iteration, measured on the test set."""
     return [
         {
             "epoch": epoch,
             "iteration": k,
-            "delta_b": 0.1 / (k * epoch),
+            "split": "test",
+            "delta_b": 0.1 / (k * epoch) if k < r else None,
             "entropy": 2.302585 - 0.1 * (k - 1),
             "max_c": 0.1 + 0.05 * (k - 1),
         }

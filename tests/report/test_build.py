@@ -87,15 +87,16 @@ def test_final_accuracy_mean_std_and_t_interval(known_report: Report) -> None:
 def test_best_epoch_gap_and_overfitting_per_run(known_report: Report) -> None:
     runs = known_report.runs.set_index(["r", "seed"])
     # r=1 s2: 0.92 reached at epochs 2 and 3 -> the first; r=3 s1: flat 0.94 -> epoch 1
-    assert runs.loc[(1, 2), "best_epoch"] == 2
-    assert runs.loc[(3, 1), "best_epoch"] == 1
-    assert runs.loc[(3, 2), "best_epoch"] == 3
+    assert runs.loc[(1, 2), "best_test_epoch"] == 2
+    assert runs.loc[(3, 1), "best_test_epoch"] == 1
+    assert runs.loc[(3, 2), "best_test_epoch"] == 3
     assert runs.loc[(1, 0), "best_test_acc"] == pytest.approx(0.90)
     # r=1 s1: gaps 0.02, 0.05, 0.04 -> end 0.04, max 0.05
     assert runs.loc[(1, 1), "gap_final"] == pytest.approx(0.04, abs=1e-12)
     assert runs.loc[(1, 1), "gap_max"] == pytest.approx(0.05, abs=1e-12)
-    # r=1 s0: test loss 0.30, 0.20, 0.26 -> rose 0.06 from its minimum
-    assert runs.loc[(1, 0), "overfit"] == pytest.approx(0.06, abs=1e-12)
+    # r=1 s0: margin test loss (0.9 x test loss in the fixture) 0.27, 0.18, 0.234 -> rose 0.054
+    assert runs.loc[(1, 0), "overfit"] == pytest.approx(0.054, abs=1e-12)
+    assert runs.loc[(1, 0), "overfit_loss"] == "margin"
     assert runs.loc[(3, 2), "overfit"] == pytest.approx(0.0, abs=1e-12)
     # speed: medians of 2.0, 1.0, 1.2 s and 500, 1000, 800 images/s
     assert runs.loc[(1, 0), "seconds_per_epoch"] == pytest.approx(1.2)
@@ -105,39 +106,48 @@ def test_best_epoch_gap_and_overfitting_per_run(known_report: Report) -> None:
 def test_cell_means_of_best_gap_and_overfit(known_report: Report) -> None:
     one, three = cell(known_report.summary, 1), cell(known_report.summary, 3)
     assert one["best_test_acc_mean"] == pytest.approx(0.91, abs=1e-12)  # 0.90, 0.91, 0.92
-    assert one["best_epoch_mean"] == 2 and one["best_epoch_std"] == 0
-    assert three["best_epoch_mean"] == 2 and three["best_epoch_std"] == pytest.approx(1.0)
+    assert one["best_test_epoch_mean"] == 2 and one["best_test_epoch_std"] == 0
+    assert three["best_test_epoch_mean"] == 2 and three["best_test_epoch_std"] == pytest.approx(1.0)
     # r=1 end gaps 0.07, 0.04, 0.05; max gaps 0.07, 0.05, 0.05
     assert one["gap_final_mean"] == pytest.approx(0.16 / 3, abs=1e-12)
     assert one["gap_max_mean"] == pytest.approx(0.17 / 3, abs=1e-12)
     assert one["final_train_eval_acc_mean"] == pytest.approx((0.95 + 0.94 + 0.97) / 3)
-    # r=3 test-loss rises 0.06, 0.03, 0.00: mean 0.03, std 0.03
-    assert three["overfit_mean"] == pytest.approx(0.03, abs=1e-12)
-    assert three["overfit_std"] == pytest.approx(0.03, abs=1e-12)
+    # r=3 margin test-loss rises 0.9 x (0.06, 0.03, 0.00): mean 0.027, std 0.027
+    assert three["overfit_mean"] == pytest.approx(0.027, abs=1e-12)
+    assert three["overfit_std"] == pytest.approx(0.027, abs=1e-12)
     assert three["seconds_per_epoch_mean"] == pytest.approx(1.2)
 
 
-def test_paired_difference_to_the_smallest_r(known_report: Report) -> None:
+def test_paired_difference_to_the_reference_r(known_report: Report) -> None:
     comparison = known_report.comparison
-    assert len(comparison) == 1
+    assert len(comparison) == 1  # one comparison: no adjustment, a plain 95% interval
     row = comparison.iloc[0]
-    assert (row["r"], row["baseline_r"], row["n_pairs"]) == (3, 1, 3)
-    # per seed: 0.91-0.88, 0.94-0.90, 0.94-0.92 = 0.03, 0.04, 0.02 -> mean 0.03, std 0.01
-    assert row["diff_mean"] == pytest.approx(0.03, abs=1e-12)
+    assert (row["treated"], row["baseline"], row["n_pairs"]) == ("r=1", "r=3", 3)
+    # per seed: 0.88-0.91, 0.90-0.94, 0.92-0.94 = -0.03, -0.04, -0.02 -> mean -0.03, std 0.01
+    assert row["diff_mean"] == pytest.approx(-0.03, abs=1e-12)
     assert row["diff_std"] == pytest.approx(0.01, abs=1e-12)
     half = T_DF2 * 0.01 / SQRT3
-    assert row["diff_ci_low"] == pytest.approx(0.03 - half, abs=1e-5)
-    assert row["diff_ci_high"] == pytest.approx(0.03 + half, abs=1e-5)
+    assert row["diff_ci_low"] == pytest.approx(-0.03 - half, abs=1e-5)
+    assert row["diff_ci_high"] == pytest.approx(-0.03 + half, abs=1e-5)
+    assert row["interval_level"] == pytest.approx(0.95)
 
 
 def test_findings_state_the_numbers(known_report: Report) -> None:
     text = "\n".join(known_report.findings)
-    assert "r=3 has the highest mean final test accuracy, 93.00% ± 1.73" in text
-    assert "3.00 points above the next best, r=1 (90.00% ± 2.00)" in text
-    assert "95% CI [+0.52, +5.48] points (n=3), which excludes 0" in text
+    # the two claims open the findings
+    assert known_report.findings[1].startswith("Claim 'r = 3 is the right choice' on mnist: ")
     # end gaps: r=1 mean 5.33, r=3 (0.08, 0.05, 0.06) mean 6.33; +1 point in every seed
-    assert "is 5.33, 6.33 points for r = 1, 3" in text
-    assert "larger at r=3 than at r=1 in 3 of 3 seeds" in text
+    assert "gap (train-eval minus test accuracy) is 5.33, 6.33 points" in text
+    # the same +1 point in every seed: a zero-width interval decides nothing
+    assert "gap r=3 − r=1: +1.00 points in each of n=3 seeds (no spread to judge" in text
+    assert known_report.findings[0].startswith(
+        "Claim 'more routing iterations overfit' on mnist: cannot tell with n = 3."
+    )
+    # no validation split: no winner, r=1 against the reference r=3 (paired, one comparison)
+    assert "no r is named best (final test accuracy, mean ± std over seeds: " in text
+    assert "r=1: 90.00% ± 2.00, r=3: 93.00% ± 1.73" in text
+    assert "r=1 − r=3: -3.00 points [-5.48, -0.52], n=3: lower" in text
+    assert "reference r=3: r = 3, the paper's choice, is in the runs" in text
     assert "best-on-test" in text
 
 
@@ -197,7 +207,7 @@ def test_partial_sweep_reports_and_lists_the_bad_runs(tmp_path: Path) -> None:
     assert len(pd.read_csv(report.out_dir / "warnings.csv")) == 5
     assert "mnist/r3/s1" in (report.out_dir / "report.md").read_text()
     assert "5 are left out" in "\n".join(report.findings)
-    assert "seed spread cannot be judged" in "\n".join(report.findings)
+    assert "(n = 1: no interval, so no better or worse)" in "\n".join(report.findings)
 
 
 def test_other_swept_axis_becomes_a_column(tmp_path: Path) -> None:

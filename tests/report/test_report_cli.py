@@ -20,6 +20,7 @@ from capsroute.hydra_app import load_config
 from capsroute.run.train import train_run
 from tests.cli.test_cli import assert_one_line_error, run_cli
 from tests.conftest import TINY_MODEL, shared_data_root
+from tests.report.fixtures import metrics_rows, run_config, write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FIGURES = (
@@ -124,6 +125,8 @@ BAD_REPORT_INPUTS = [
     (["report", "nowhere"], "no such path: nowhere"),
     (["report", ".", "--format", "pdf"], "unknown --format"),
     (["report", ".", "--metric", "loss"], "unknown --metric 'loss'"),
+    (["report", ".", "report.reference_r=0"], "report.reference_r must be > 0"),
+    (["report", "report.nope=1"], "unknown config key 'report.nope'"),
 ]
 
 
@@ -134,3 +137,20 @@ def test_bad_report_input_is_one_line_and_exit_2(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
     assert_one_line_error(run_cli(*args, cwd=tmp_path), 2, message)
+
+
+def test_report_finds_sweeps_under_the_configured_out_root(tmp_path: Path) -> None:
+    """With no PATH, the newest sweep under OUT_ROOT/sweeps/ (not ./outputs) is reported;
+    report.reference_r from the command line picks the reference of the comparisons."""
+    elsewhere = tmp_path / "elsewhere"
+    for r in (1, 2):
+        rows = metrics_rows([0.8, 0.9], [0.9, 0.95], [0.3, 0.2])
+        write_run(elsewhere / "sweeps" / "s" / f"r{r}", run_config("mnist", r, 0, 2), rows)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    args = ("report", f"out_root={elsewhere}", "report.reference_r=2", "--format", "md")
+    result = run_cli(*args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    text = (elsewhere / "sweeps" / "s" / "report" / "report.md").read_text()
+    assert "reference r=2: report.reference_r=2" in text
+    assert_one_line_error(run_cli("report", cwd=cwd), 2, f"no sweeps under {cwd}/outputs/sweeps")

@@ -41,10 +41,12 @@ def test_routing_controls_are_an_axis_with_readable_labels_and_a_finding(tmp_pat
     assert cells == [["dynamic", 1, 2], ["dynamic", 3, 2], ["random", 1, 2], ["uniform", 1, 2]]
     text = "\n".join(report.findings)
     # dynamic r=3: 94.00 ± 1.41; uniform 89.50 ± 0.71; random 81.00 ± 1.41
-    assert "dynamic routing at its best r (r=3) has final test accuracy 94.00% ± 1.41" in text
-    assert "uniform coupling 89.50% ± 0.71" in text and "random coupling 81.00% ± 1.41" in text
-    assert "On mnist (routing=dynamic), r=3 has the highest" in text
-    assert "(routing=uniform), only r=1" not in text  # a control has no r to choose
+    assert "r=1: 90.50% ± 0.71, r=3: 94.00% ± 1.41; random: 81.00% ± 1.41; uniform: 89.50%" in text
+    # no validation split: no best r; r=1 vs r=3 and each control vs each dynamic r (5)
+    assert "no r is named best" in text and "has the highest" not in text
+    assert "Bonferroni-adjusted for 5 comparisons (each at 99.00%)" in text
+    assert "uniform − r=3: -4.50 points" in text and "random − r=1: -9.50 points" in text
+    assert "(routing=uniform)" not in text  # a control is compared, not given its own block
     assert "routing.mode" in (report.out_dir / "summary.md").read_text()
 
 
@@ -61,7 +63,7 @@ def test_digit_bias_and_gradient_switch_sweep_as_axes(tmp_path: Path) -> None:
     assert report.runset.axes == ["model.digit_bias", "routing.grad"]
     assert len(report.summary) == 8 and len(report.comparison) == 4
     text = "\n".join(report.findings)
-    assert "On mnist (digit bias=on, routing grad=last), r=3 has the highest" in text
+    assert "On mnist (digit bias=on, routing grad=last), not every run has a validation" in text
     assert (report.out_dir / "figures" / "test_acc_vs_r.png").stat().st_size > 0
 
 
@@ -95,8 +97,9 @@ def test_eval_r_results_give_a_heat_map_lines_a_table_and_a_finding(tmp_path: Pa
     row = table[table["r"] == 3].iloc[0]
     assert row["eval r=1"] == pytest.approx(89.1) and row["eval r=3"] == pytest.approx(93.1)
     text = "\n".join(report.findings)
-    assert "trained r=1: best at eval r=1 (91.10%)" in text
-    assert "trained r=3: best at eval r=3 (93.10%)" in text
+    # no validation rows: the test accuracies, and no evaluation r named best
+    assert "no evaluation r is named best" in text
+    assert "trained r=3: test r=1: 89.10%, r=2: 91.10%, r=3: 93.10%, r=5: 89.10%" in text
     assert "evaluation r" in (report.out_dir / "report.md").read_text()
 
 
@@ -130,3 +133,16 @@ def test_validation_selected_epoch_is_reported_next_to_final_numbers(tmp_path: P
     assert columns.index("test acc at best-val epoch %") < columns.index("best-on-test acc %")
     assert display.iloc[0]["test acc at best-val epoch %"] == "91.00 ± 1.41"
     assert any("best-val epoch' chooses the epoch on the validation" in f for f in report.findings)
+
+
+def test_evaluation_r_is_chosen_on_validation_and_reported_on_test(tmp_path: Path) -> None:
+    """Validation prefers eval r=5 (trained r=3), the test set eval r=3: the finding names r=5
+    with its test accuracy, never the test set's best."""
+    run = tmp_path / "r3" / "s0"
+    write_run(run, run_config("mnist", 3, 0, 2), metrics_rows([0.8, 0.9], [0.9, 0.95], [0.3, 0.2]))
+    test = eval_rows(3, 0)  # test peaks at eval r=3 (93.0%); eval r=5: 89.0%
+    val = [{**row, "split": "val", "accuracy": 0.9 + 0.01 * int(row["eval_r"])} for row in test]
+    capsroute_io.write_csv(run / EVAL_ITERS_FILE, [*test, *val], EVAL_COLUMNS)
+    report = make_report([tmp_path], formats=["md"])
+    text = "\n".join(report.findings)
+    assert "trained r=3: eval r=5 chosen on validation (95.00%; test 89.00%)" in text

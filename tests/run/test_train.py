@@ -43,6 +43,12 @@ def test_run_directory_holds_every_result_file(tmp_path: Path, tiny_overrides: l
     assert [(r["epoch"], r["iteration"]) for r in routing] == [
         (str(e), str(k)) for e in (1, 2) for k in (1, 2, 3)
     ]
+    # no validation split: diagnostics on the test set; the last |Δb| is never applied, so
+    # it is not recorded; the weighted and agreement diagnostics are numbers
+    assert {r["split"] for r in routing} == {"test"}
+    assert [r["delta_b"] == "" for r in routing[:3]] == [False, False, True]
+    for name in rundir.WEIGHTED_DIAGNOSTICS:
+        assert all(0.0 <= float(r[name]) <= 2.31 for r in routing), name
     saved = json.loads((run / "summary.json").read_text())
     assert saved["status"] == summary["status"] == "completed"
     assert saved["epochs_completed"] == 2

@@ -106,12 +106,15 @@ def test_validation_split_is_evaluated_each_epoch_and_chooses_the_best_epoch(
 ) -> None:
     run = runs["val"]
     metrics = read_rows(run / "metrics.csv")
-    assert all(row["val_acc"] and row["val_loss"] for row in metrics)
+    assert all(row["val_acc"] and row["val_loss"] and row["val_margin_loss"] for row in metrics)
+    routing = read_rows(run / "routing.csv")  # r = 1: one iteration, its update not applied
+    assert {row["split"] for row in routing} == {"val"}
+    assert [row["delta_b"] for row in routing] == ["", ""]
     saved = summary(run)
-    assert saved["data_sizes"]["train"] == 256 and saved["best_epoch_by"] == "val"
+    assert saved["data_sizes"]["train"] == 256
     best = max(metrics, key=lambda row: float(row["val_acc"]))
-    assert saved["best_epoch"] == int(best["epoch"])
-    assert saved["test_acc_at_best"] == float(best["test_acc"])
+    assert saved["val_best_epoch"] == int(best["epoch"])
+    assert saved["test_acc_at_val_best"] == float(best["test_acc"])
     assert saved["stopped_early"] is False
     result = evaluate_run(run, [1], "val")
     assert result.rows[0]["accuracy"] == float(metrics[-1]["val_acc"])
