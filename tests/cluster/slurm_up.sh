@@ -221,6 +221,12 @@ SlurmctldDebug=info
 SlurmdDebug=info
 SwitchType=switch/none
 SchedulerType=sched/backfill
+# an eligible pending job (e.g. a requeued one once its BeginTime passes) waits at most ~5 s for a
+# scheduling pass instead of up to 60 s (sched_interval) / 30 s (bf_interval)
+SchedulerParameters=sched_interval=5,bf_interval=5
+# reject at submission a job that cannot fit the partition (e.g. more CPUs than the node has),
+# instead of leaving it PENDING (Reason=PartitionConfig) forever
+EnforcePartLimits=ALL
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 # a job that asks for no memory gets this much per CPU (not the whole node)
@@ -277,15 +283,18 @@ while :; do
 done
 
 # ---------------------------------------------------------------- smoke: srun + sacct
-out=$(timeout "$WAIT" srun -N1 -n1 -t 1 --mem=64 hostname 2>"$STATE/srun.err") \
+out=$(timeout "$WAIT" srun -N1 -n1 -t 1 --mem=64 -J capsroute-smoke \
+        bash -c 'echo "$SLURM_JOB_ID $(hostname -s)"' 2>"$STATE/srun.err") \
     || die "srun hostname failed: $(log_tail "$STATE/srun.err" /var/log/slurm/slurmctld.log)"
-[ "$out" = "$HOST" ] || [ "$out" = "$(hostname)" ] || die "srun hostname printed '$out', expected '$HOST'"
+jid=${out%% *}; node=${out#* }
+[ "$node" = "$HOST" ] || die "srun ran on '$node', expected '$HOST' (srun printed '$out')"
 # the job's record reaches slurmdbd asynchronously; give it a few seconds
 end=$(( $(date +%s) + 20 ))
-until sacct -n -X -P -o JobID,State -S now-1hour 2>/dev/null | grep -q COMPLETED; do
-    [ "$(date +%s)" -lt "$end" ] || die "sacct shows no completed job 20 s after srun; $(log_tail /var/log/slurm/slurmdbd.log)"
-    sleep 1
+until [ "$(sacct -n -X -P -o State -j "$jid" 2>/dev/null | head -n 1)" = COMPLETED ]; do
+    [ "$(date +%s)" -lt "$end" ] || die "sacct does not show smoke job $jid COMPLETED 20 s after srun; $(log_tail /var/log/slurm/slurmdbd.log /var/log/slurm/slurmctld.log)"
+    sleep 0.5
 done
+say "smoke job $jid: srun ran on $node, sacct says COMPLETED"
 
 T1=$(date +%s.%N)
 say "node $HOST: $(sinfo -h -n "$HOST" -o 'partition=%R cpus=%c mem=%mMB state=%T')"
