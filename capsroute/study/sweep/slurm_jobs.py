@@ -23,6 +23,7 @@ from capsroute.study.sweep.slurm import SlurmError, slurm_command
 
 POLL_S = 2.0
 QUEUE_CHECK_S = 30.0  # how often squeue is asked about pending reasons and vanished jobs
+RELEASE_WAIT_S = 30.0  # after Ctrl-C: how long the cancelled jobs get to save and unlock
 MISSING_CHECKS = 2  # squeue misses a job this many times in a row (and sacct fails): it is lost
 
 # Pending reasons that never clear by waiting: the job can never start as submitted.
@@ -239,7 +240,23 @@ def wait_for_jobs(
             if watch.open_runs():
                 time.sleep(poll_s)
     except KeyboardInterrupt:
-        open_ids = [run.job_id for run in watch.open_runs()]
-        cancel_jobs(open_ids, "submitted by this command; their runs resume on a re-run")
+        open_runs = watch.open_runs()
+        if cancel_jobs(
+            [run.job_id for run in open_runs],
+            "submitted by this command; their runs resume on a re-run",
+        ):
+            wait_released(open_runs)
         raise
     return watch.ended
+
+
+def wait_released(runs: Sequence[SubmittedRun], timeout_s: float = RELEASE_WAIT_S) -> None:
+    """Give cancelled jobs a moment to save and unlock their runs, so that the final table
+    shows them interrupted rather than locked (a second Ctrl-C stops waiting)."""
+    from capsroute.run import rundir
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(rundir.lock_holder(run.run_dir) is None for run in runs):
+            return
+        time.sleep(POLL_S / 4)
