@@ -24,6 +24,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
+from submitit.core.utils import UncompletedJobError
 
 
 class CapsrouteSlurmLauncher(SlurmLauncher):
@@ -72,7 +73,11 @@ class CapsrouteSlurmLauncher(SlurmLauncher):
             roots.append(sweep_root(run_cfg))
             state = Singleton.get_state()
             job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", state))
-        jobs = executor.map_array(self, *zip(*job_params, strict=True))
+        try:
+            jobs = executor.map_array(self, *zip(*job_params, strict=True))
+        except UncompletedJobError as exc:  # sbatch refused, e.g. an unknown account or QOS
+            slurm_jobs.say(f"sbatch refused the jobs, none was submitted: {one_line_text(exc)}")
+            return [failed_return(overrides, None) for overrides in job_overrides]
         runs = [
             slurm_jobs.SubmittedRun(
                 job=job,
@@ -89,12 +94,21 @@ class CapsrouteSlurmLauncher(SlurmLauncher):
             failure = ended.get(run.job_id)
             if failure is None:
                 returns.append(run.job.results()[0])
-            else:  # recorded in the run's own files (or not at all): the sweep goes on
-                returns.append(
-                    JobReturn(
-                        overrides=list(filter_overrides(overrides)),
-                        status=JobStatus.COMPLETED,
-                        _return_value={"run_dir": str(run.run_dir), "status": "failed"},
-                    )
-                )
+            else:  # said in one line; the run's own files say the rest; the sweep goes on
+                returns.append(failed_return(overrides, run.run_dir))
         return returns
+
+
+def failed_return(overrides: Sequence[str], run_dir: Path | None) -> JobReturn:
+    """What Hydra's sweeper gets for a run whose job failed: a completed job (so that the
+    sweep goes on) whose value says failed; the sweep's table reads the run's own files."""
+    return JobReturn(
+        overrides=list(filter_overrides(overrides)),
+        status=JobStatus.COMPLETED,
+        _return_value={"run_dir": str(run_dir), "status": "failed"},
+    )
+
+
+def one_line_text(exc: BaseException) -> str:
+    """sbatch's error lines, joined into one."""
+    return " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -160,6 +160,21 @@ def test_requests_the_node_cannot_meet_are_refused_before_submitting(
     assert all_jobs() == before
 
 
+def test_a_submission_sbatch_refuses_is_one_line_and_no_job(
+    cluster: None, tmp_path: Path, data_root: Path
+) -> None:
+    """What sinfo cannot tell (here a node feature no node has) sbatch refuses: one line."""
+    extra = [*overrides(tmp_path, data_root), "hydra.launcher.constraint=capsroute-no-such"]
+    before = all_jobs()
+    result = run_cli(*sweep_args("sbatch", "1", extra), cwd=tmp_path)
+    show("sbatch refusal", result.stderr)
+    assert result.returncode == 1
+    assert "sbatch refused the jobs, none was submitted: sbatch: error:" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "1 of 1 runs did not complete" in result.stderr
+    assert all_jobs() == before
+
+
 def test_two_runs_complete_the_report_builds_and_a_rerun_submits_nothing(
     cluster: None, tmp_path: Path, data_root: Path
 ) -> None:
@@ -249,8 +264,12 @@ def test_ctrl_c_cancels_the_jobs_this_command_submitted(
     assert "Traceback" not in stderr
     states = [sacct_state(job, lambda s: s.startswith("CANCELLED")) for job in jobs]
     show("sacct", " ".join(f"{j} {s}" for j, s in zip(jobs, states, strict=True)))
-    squeue = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
-    assert not set(squeue.stdout.split()) & set(jobs)
+
+    def queued() -> set[str]:  # COMPLETING jobs are listed until slurmd has cleaned up
+        out = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True)
+        return set(out.stdout.split()) & set(jobs)
+
+    wait_until(lambda: not queued(), 60, "the cancelled jobs to leave the queue")
     for run in runs:
         assert summary_of(run)["status"] == "interrupted"
     assert "interrupted" in out.read_text()
