@@ -42,8 +42,15 @@ SUBMITTED = re.compile(r"submitted SLURM jobs (.*?); logs: ")
 
 
 @pytest.fixture(scope="module")
-def cluster() -> None:
-    """The single-node cluster, up (skips when this machine cannot run it)."""
+def cluster(request: pytest.FixtureRequest) -> None:
+    """The single-node cluster, up (skips when this machine cannot run it).
+
+    Only when asked for by marker (`pytest -m slurm`, `make test-slurm`): a plain `pytest` as
+    root must not install packages and start daemons.
+    """
+    markexpr = str(request.config.getoption("markexpr") or "")
+    if "slurm" not in markexpr.replace("not slurm", ""):
+        pytest.skip("SLURM cluster tests run only when selected: pytest -m slurm (make test-slurm)")
     if os.geteuid() != 0:
         pytest.skip("the SLURM test cluster needs root (tests/cluster/slurm_up.sh starts daemons)")
     if shutil.which("apt-get") is None:
