@@ -36,6 +36,7 @@ SMALL_NODE = [
     "hydra.launcher.mem_gb=2",
 ]
 RUN = "mnist/r1/s0"
+PARTITION = os.environ.get("CAPSROUTE_SLURM_PARTITION", "main")  # slurm_up.sh's one partition
 SMOKE_JOB = "capsroute-smoke"  # the srun job slurm_up.sh runs to check the cluster
 WIDE = {"COLUMNS": "300"}  # rich tables unwrapped, so a cell's text is on one line
 SUBMITTED = re.compile(r"submitted SLURM jobs (.*?); logs: ")
@@ -335,6 +336,37 @@ def test_a_time_out_requeue_resumes_and_a_longer_limit_continues(
     )
 
 
+def test_a_job_pending_for_a_reason_that_never_clears_is_cancelled_and_reported(
+    cluster: None, tmp_path: Path, data_root: Path
+) -> None:
+    """The node is kept busy, so the sweep's job waits (Resources); then the partition's time
+    limit drops below the job's, so it waits for PartitionTimeLimit, which never clears."""
+    busy = ["-c", "2", "--mem=100", "-t", "5", "-J", "capsroute-blocker", "--wrap", "sleep 300"]
+    blocker = subprocess.run(
+        ["sbatch", "--parsable", *busy],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        sacct_state(blocker, lambda s: s == "RUNNING")
+        extra = [*overrides(tmp_path, data_root), "hydra.launcher.timeout_min=10"]
+        process, _, err = start(sweep_args("stuck", "1", extra), tmp_path)
+        wait_until(lambda: bool(job_ids(err.read_text())), 120, "the submission")
+        subprocess.run(["scontrol", "update", f"partition={PARTITION}", "MaxTime=5"], check=True)
+        assert process.wait(timeout=120) == 1
+    finally:
+        subprocess.run(["scontrol", "update", f"partition={PARTITION}", "MaxTime=INFINITE"])
+        subprocess.run(["scancel", blocker])
+    stderr = err.read_text()
+    show("a job that can never start", stderr)
+    job = job_ids(stderr)[0]
+    assert f"cancelled SLURM jobs {job} (pending with reason PartitionTimeLimit" in stderr
+    assert f"run {RUN}: SLURM job {job} could never start (pending: PartitionTimeLimit)" in stderr
+    assert "Traceback" not in stderr
+    show("sacct", f"{job} {sacct_state(job, lambda s: s.startswith('CANCELLED'))}")
+
+
 def test_without_accounting_the_sweep_refuses_before_submitting(
     cluster: None, tmp_path: Path, data_root: Path
 ) -> None:
@@ -353,5 +385,5 @@ def test_without_accounting_the_sweep_refuses_before_submitting(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: SLURM accounting is not available")
     assert "nothing was submitted" in lines[0] and "submitted SLURM jobs" not in result.stderr
-    squeue = subprocess.run(["squeue", "-h"], capture_output=True, text=True)
-    assert squeue.stdout.strip() == ""
+    squeue = subprocess.run(["squeue", "-h", "-n", "capsroute"], capture_output=True, text=True)
+    assert squeue.stdout.strip() == ""  # no sweep job (Hydra names them after the app)
