@@ -290,7 +290,9 @@ def test_a_time_out_requeue_resumes_and_a_longer_limit_continues(
     requeue allowed. The run cannot finish in two attempts, so it ends 'timed-out too many
     times' with its checkpoint, and a re-run with a longer limit continues it."""
     timing = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=60"]
-    base = overrides(tmp_path, data_root, **{"dataset.train_size": 512, "train.epochs": 200})
+    # far more epochs than two attempts can train, however fast the machine (~0.15-1 s each)
+    epochs = 3000
+    base = overrides(tmp_path, data_root, **{"dataset.train_size": 512, "train.epochs": epochs})
     args = sweep_args("timeout", "1", [*base, *timing, "hydra.launcher.max_num_timeout=1"])
     run = tmp_path / "outputs" / "sweeps" / "timeout" / RUN
     process, out, err = start(args, tmp_path)
@@ -312,7 +314,7 @@ def test_a_time_out_requeue_resumes_and_a_longer_limit_continues(
     assert manifest["runs"][0]["error"] == timed_out["error"]
     assert timed_out["epochs_completed"] > requeued["epochs_completed"]
     log = (run / "capsroute.log").read_text()
-    assert f"resuming {run} after epoch {requeued['epochs_completed']} of 200" in log
+    assert f"resuming {run} after epoch {requeued['epochs_completed']} of {epochs}" in log
     history = subprocess.run(
         ["sacct", "-n", "-P", "-D", "-X", "-o", "JobID,State", "-j", job],
         capture_output=True,
