@@ -8,7 +8,7 @@ export CAPSROUTE_DATA ?= $(abspath $(if $(wildcard ../shared/data),../shared/dat
 # `make train ARGS="train.epochs=50"` for the full paper run (all 60k images when ARGS sets no subset).
 ARGS ?= dataset.train_size=10000 train.epochs=2
 
-.PHONY: install train test test-all lint bench clean
+.PHONY: install train test test-all test-slurm lint bench clean
 
 install: $(VENV)/.installed
 
@@ -22,10 +22,14 @@ train: install
 	$(BIN)/capsroute train dataset.download=true $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 test-all: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slurm"
+
+# the SLURM suite: brings up a single-node cluster (root + apt) and leaves it running
+test-slurm: install
+	$(BIN)/python -m pytest -q -m slurm tests/cluster
 
 lint: install
 	$(BIN)/ruff check capsroute tests benchmarks

@@ -104,6 +104,19 @@ def record_stop(
         log.error("could not record status %s in %s: %s", status, run_dir, one_line(exc))
 
 
+def exit_note(exc: SystemExit, epoch: int) -> str:
+    """Why a run stopped through `SystemExit`: in a SLURM job, submitit's time-out (or
+    pre-emption) handler has just requeued the job and exits; the requeued job resumes."""
+    job = rundir.slurm_job_id()
+    if job:
+        return (
+            f"requeued: SLURM job {job} exited (SystemExit {exc.code}) after epoch {epoch} "
+            "for a time-out or pre-emption requeue; it resumes from the checkpoint when the "
+            "job restarts"
+        )
+    return f"exited (SystemExit {exc.code}) after epoch {epoch}; run the same command to resume"
+
+
 def stops_early(metrics: list[dict[str, Any]], patience: int | None) -> bool:
     """Whether `patience` epochs have passed since the first highest validation accuracy.
 

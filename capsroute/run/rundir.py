@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,16 +148,40 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise RunDirError(
-                f"run directory {run_dir} is in use by {holder}; wait for it to finish "
-                "or pick another run_name"
+                f"run directory {run_dir} is {in_use_by(holder)}, or pick another run_name"
             ) from exc
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.write(holder_text() + "\n")
         handle.flush()
         yield
     finally:
         handle.close()
+
+
+def slurm_job_id() -> str | None:
+    """This process's SLURM job as `scancel` and submitit name it (`123_4` for an array task)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    return os.environ.get("SLURM_JOB_ID") or None
+
+
+SLURM_HOLDER = re.compile(r"\(SLURM job (\S+)\)")
+
+
+def holder_text() -> str:
+    """What the lock file says about its holder: `pid N on HOST[ (SLURM job ID)]`."""
+    job = slurm_job_id()
+    return f"pid {os.getpid()} on {os.uname().nodename}" + (f" (SLURM job {job})" if job else "")
+
+
+def in_use_by(holder: str) -> str:
+    """`in use by HOLDER; <the fix>`: for a SLURM job, `scancel ID` or waiting for it."""
+    job = SLURM_HOLDER.search(holder)
+    if job:
+        return f"in use by {holder}; cancel it with `scancel {job.group(1)}` or wait for it to end"
+    return f"in use by {holder}; wait for it to finish"
 
 
 def read_summary(run_dir: Path) -> dict[str, Any]:

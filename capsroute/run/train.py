@@ -59,6 +59,7 @@ from capsroute.run.graph_step import (
 )
 from capsroute.run.record import (
     TrainState,
+    exit_note,
     finish_summary,
     new_summary,
     record_stop,
@@ -151,6 +152,9 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
                     break
     except InterruptedRunError as exc:
         record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
+        raise
+    except SystemExit as exc:  # e.g. submitit exiting for a SLURM requeue after USR2
+        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, exit_note(exc, state.epoch))
         raise
     except KeyboardInterrupt as exc:
         record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")

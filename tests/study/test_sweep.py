@@ -254,7 +254,7 @@ def test_submitit_slurm_config_composes_with_its_settings() -> None:
     hydra_lines, jobs = sweep_plan.expand_jobs(overrides)
     cfg = hydra_app.compose_config([*hydra_lines, *jobs[0]], with_hydra=True)
     launcher = cfg.hydra.launcher
-    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher._target_.endswith("_slurm_launcher.CapsrouteSlurmLauncher")
     assert (launcher.partition, launcher.timeout_min, launcher.array_parallelism) == ("gpu", 90, 4)
     assert (launcher.gpus_per_node, launcher.cpus_per_task, launcher.max_num_timeout) == (1, 8, 3)
     assert launcher.signal_delay_s == 120  # inherited from the plugin's own config

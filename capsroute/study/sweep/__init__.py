@@ -32,6 +32,7 @@ from capsroute import hydra_app
 from capsroute.errors import CapsrouteError
 from capsroute.io import utc_now
 from capsroute.run import rundir
+from capsroute.study.sweep import slurm
 from capsroute.study.sweep.gpu_share import mps_daemon
 from capsroute.study.sweep.manifest import (
     MANIFEST_FILE,
@@ -150,6 +151,10 @@ def sweep(request: SweepRequest, console: Console | None = None) -> SweepPlan:
     print_plan(plan, console)
     if request.dry_run:
         return plan
+    if (plan.count(STATE_NEW) + plan.count(STATE_RESUME)) and slurm.is_slurm_launcher(
+        plan.launcher
+    ):
+        slurm.preflight(plan.launcher)  # before anything is submitted or written
     console.print(
         f"resume with: {resume_command(request, plan.name)}", highlight=False, soft_wrap=True
     )

@@ -74,7 +74,7 @@ def result_row(plan: SweepPlan, run: PlannedRun, summary: dict[str, Any]) -> dic
     error = summary.get("error")
     holder = rundir.lock_holder(run.run_dir)
     if holder is not None and status != rundir.STATUS_COMPLETED:
-        status, error = STATE_LOCKED, f"in use by {holder}"
+        status, error = STATE_LOCKED, rundir.in_use_by(holder)
     if run.state == STATE_CONFLICT:
         status, error = STATE_CONFLICT, run.note
     return {

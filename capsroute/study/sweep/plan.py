@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class SweepPlan:
     overrides: list[str]
     grid: dict[str, list[str]]
     runs: list[PlannedRun]
+    launcher: dict[str, Any] = field(default_factory=dict)  # `hydra.launcher`, unresolved
 
     def count(self, state: str) -> int:
         return sum(run.state == state for run in self.runs)
@@ -113,7 +114,8 @@ def plan_sweep(request: SweepRequest) -> SweepPlan:
         name, root = claim_name(root)
         if name != root.name:  # pragma: no cover - a second sweep started in the same second
             return plan_sweep(_renamed(request, name))
-    return SweepPlan(name, root, overrides, grid_of(overrides), runs)
+    launcher = OmegaConf.to_container(configs[0].hydra.launcher, resolve=False)
+    return SweepPlan(name, root, overrides, grid_of(overrides), runs, launcher)  # type: ignore[arg-type]
 
 
 def _renamed(request: SweepRequest, name: str) -> SweepRequest:
@@ -233,7 +235,7 @@ def run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
     """done / resume / new / locked, read without modifying anything in `run_dir`."""
     holder = rundir.lock_holder(run_dir)
     if holder is not None:
-        return STATE_LOCKED, f"in use by {holder}"
+        return STATE_LOCKED, rundir.in_use_by(holder)
     summary = rundir.read_summary(run_dir)
     done = int(summary.get("epochs_completed") or 0)
     if summary.get("status") == rundir.STATUS_COMPLETED and (
@@ -273,3 +275,8 @@ def register_sweeper() -> None:
     from hydra_plugins.capsroute_sweeper import ResumableSweeper
 
     plugins.register(ResumableSweeper)
+    try:  # the SLURM launcher needs the optional hydra-submitit-launcher
+        from hydra_plugins.capsroute_sweeper._slurm_launcher import CapsrouteSlurmLauncher
+    except ImportError:
+        return
+    plugins.register(CapsrouteSlurmLauncher)
