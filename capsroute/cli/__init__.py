@@ -203,6 +203,34 @@ def report(
     print_report(made, Console())
 
 
+@cli.command(context_settings=EXTRA_ARGS)
+def status(
+    ctx: typer.Context,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Refresh in place until the sweep ends.")
+    ] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 10,
+    config_dir: ConfigDir = None,
+) -> None:
+    """Where a sweep stands: `capsroute status [SWEEP_DIR] [out_root=DIR]`.
+
+    Per run: status, epoch k of N, last and best test accuracy, images/s, time so far and ETA,
+    then the totals. Default: the newest sweep under <out_root>/sweeps/. Reads only files.
+    """
+    from capsroute.study.status import newest_sweep, show_status
+
+    paths = [arg for arg in ctx.args if "=" not in arg and not arg.startswith("-")]
+    if len(paths) > 1:
+        raise ConfigError(f"give at most one SWEEP_DIR, got {len(paths)}: {' '.join(paths)}")
+    if interval <= 0:
+        raise ConfigError(f"--interval must be > 0, got {interval}")
+    overrides = _split_overrides([arg for arg in ctx.args if arg not in paths])
+    config = hydra_app.load_config(overrides, config_dir)
+    root = Path(paths[0]) if paths else newest_sweep(Path(config.out_root))
+    with exit_on_error():
+        show_status(root, Console(width=None if sys.stdout.isatty() else 160), watch, interval)
+
+
 @cli.command()
 def evaluate(
     run_dirs: Annotated[
