@@ -27,6 +27,7 @@ from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_ru
 from capsroute.report.findings import caveats, eval_sentences, findings
 from capsroute.report.paper import ensemble_table, table1
 from capsroute.report.runset import RunSet, load_runs
+from capsroute.run import rundir
 from capsroute.run.rundir import ENSEMBLE_FILE
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -132,6 +133,7 @@ def make_report(
                 len(runset.warnings),
                 validated=bool(runs["val_best_epoch"].notna().any()),
             ),
+            *unfinished_sentences(runset.warnings),
         ],
         metric=column,
         paper_table1=table1(runs, runset.configs),
@@ -140,6 +142,20 @@ def make_report(
     figures = draw_figures(report)
     report.files = [*figures, *write_outputs(report, formats, figures)]
     return report
+
+
+def unfinished_sentences(warnings: pd.DataFrame) -> list[str]:
+    """How many runs are still running or interrupted: drawn in the curves, not in the tables."""
+    counts = warnings["status"].value_counts() if not warnings.empty else pd.Series(dtype=int)
+    running = int(counts.get(rundir.STATUS_RUNNING, 0))
+    interrupted = int(counts.get(rundir.STATUS_INTERRUPTED, 0))
+    if not running + interrupted:
+        return []
+    return [
+        f"{running} runs are still running and {interrupted} were interrupted: the tables use "
+        "completed runs only; the per-epoch curves draw the unfinished runs dotted, up to "
+        "their last epoch."
+    ]
 
 
 def draw_figures(report: Report) -> list[Path]:
@@ -151,16 +167,16 @@ def draw_figures(report: Report) -> list[Path]:
         plots.metric_vs_r(report.runs, axes, report.metric, label, folder / f"{stem}_vs_r.png"),
         plots.per_epoch(
             runset.epochs, axes, "test_acc", "test accuracy (%)",
-            folder / "test_acc_curves.png", percent=True,
+            folder / "test_acc_curves.png", percent=True, partial=runset.partial,
         ),
         plots.per_epoch(
             runset.epochs,
             axes, "gap", "train-eval minus test accuracy (points)",
-            folder / "gap_curves.png", percent=True, zero_line=True,
+            folder / "gap_curves.png", percent=True, zero_line=True, partial=runset.partial,
         ),
         plots.per_epoch(
             runset.epochs, axes, "train_loss", "training loss (log scale)",
-            folder / "train_loss.png", log=True,
+            folder / "train_loss.png", log=True, partial=runset.partial,
         ),
         *([
             plots.routing_at_last_epoch(
