@@ -232,6 +232,52 @@ class TrainConfig:
         )
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class TensorBoardConfig:
+    """`logger=tensorboard`: event files in `<run_dir>/tensorboard/`, so a sweep folder is a
+    TensorBoard log directory holding one folder per run."""
+
+    enabled: bool = False
+
+
+@dataclass
+class MlflowConfig:
+    """`logger=mlflow`: one MLflow run per capsroute run, one experiment per sweep."""
+
+    enabled: bool = False
+    tracking_uri: str | None = None  # default: sqlite:///<out_root>/mlflow.db (+ mlartifacts/)
+    experiment: str | None = None  # default: the sweep's name; `runs` for `capsroute train`
+
+
+@dataclass
+class WandbConfig:
+    """`logger=wandb`: one W&B run per capsroute run, grouped by sweep."""
+
+    enabled: bool = False
+    project: str = "capsroute"
+    entity: str | None = None
+    mode: str | None = None  # online | offline | disabled; default: online when logged in
+
+    def __post_init__(self) -> None:
+        _require(
+            self.mode is None or self.mode in WANDB_MODES,
+            f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got '{self.mode}'",
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment trackers fed besides the run directory (`logger=[tensorboard,mlflow]`);
+    metrics.csv stays the record either way (the `logger` group, conf/logger/)."""
+
+    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
 @dataclass
 class Config:
     """One training run."""
@@ -240,6 +286,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"
     out_root: str = "outputs"
@@ -358,6 +405,11 @@ RESUMABLE_KEYS = {
 }
 
 
+# Config sections that say where results are also sent, never what is trained: they may change
+# on a resume, and they never make two runs different for a report.
+BOOKKEEPING_PREFIX = "logger."
+
+
 def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted key, old, new) for every leaf that differs between two plain config dicts."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -375,5 +427,5 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return [
         f"{key}: {old!r} -> {new!r}"
         for key, old, new in config_diff(with_added_keys(saved), current)
-        if key not in RESUMABLE_KEYS
+        if key not in RESUMABLE_KEYS and not key.startswith(BOOKKEEPING_PREFIX)
     ]

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from capsroute.config import with_added_keys
+from capsroute.config import BOOKKEEPING_PREFIX, with_added_keys
 from capsroute.io import read_json
 from capsroute.run import rundir
 
@@ -346,7 +346,7 @@ def _drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[dict[str, str]]]:
     seen: dict[str, str] = {}
     kept, warnings = [], []
     for run in runs:
-        key = repr(sorted((k, repr(v)) for k, v in run.config.items() if k not in BOOKKEEPING_KEYS))
+        key = repr(sorted((k, repr(v)) for k, v in run.config.items() if not _bookkeeping(k)))
         if key in seen:
             problem = f"same config as {seen[key]}; counted once"
             warnings.append({"run": run.name, "status": "duplicate", "problem": problem})
@@ -359,12 +359,18 @@ def _drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[dict[str, str]]]:
 def swept_axes(configs: list[dict[str, Any]]) -> list[str]:
     """Config keys, besides dataset/r/seed and bookkeeping, whose values differ between runs."""
     keys = sorted({key for config in configs for key in config})
-    skip = BOOKKEEPING_KEYS | set(FIXED_AXES.values())
     return [
         key
         for key in keys
-        if key not in skip and len({repr(config.get(key)) for config in configs}) > 1
+        if not _bookkeeping(key)
+        and key not in FIXED_AXES.values()
+        and len({repr(config.get(key)) for config in configs}) > 1
     ]
+
+
+def _bookkeeping(key: str) -> bool:
+    """Where results live or are also sent (trackers), never what was trained."""
+    return key in BOOKKEEPING_KEYS or key.startswith(BOOKKEEPING_PREFIX)
 
 
 def axis_label(axis: str, value: object) -> str:
