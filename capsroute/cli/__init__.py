@@ -30,6 +30,7 @@ from capsroute.cli.options import (
 from capsroute.config import to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
+from capsroute.run.trackers import require_extras
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigDir = Annotated[
@@ -69,7 +70,8 @@ def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
     holds a checkpoint of the same config; a completed run is not trained again.
     """
     overrides = _split_overrides(ctx.args)
-    hydra_app.load_config(overrides, config_dir)  # validate before Hydra makes any directory
+    config = hydra_app.load_config(overrides, config_dir)  # validate before any directory
+    require_extras(config)  # a chosen tracker's extra is installed
     ensure_writable(hydra_app.planned_run_dir(overrides, config_dir))
     hydra_app.run_hydra(_train_task, overrides, config_dir)
 

@@ -28,6 +28,13 @@ LOCK_FILE = ".lock"
 EVAL_ITERS_FILE = "eval_iters.csv"
 EVAL_ROUTING_FILE = "eval_routing.csv"
 ENSEMBLE_FILE = "ensemble.json"
+# experiment trackers (`logger=...`): each tracker's run id, so a resume continues that run;
+# TensorBoard's event files and W&B's offline runs live in these folders of the run directory
+TRACKERS_FILE = "trackers.json"
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # W&B itself names the folder it makes in the run directory
+# `capsroute sweep` puts sweep NAME's runs under <out_root>/sweeps/NAME/
+SWEEPS_DIR = "sweeps"
 
 # metrics.csv: one row per epoch, in this column order.
 METRICS_COLUMNS = (

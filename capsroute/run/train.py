@@ -56,6 +56,8 @@ from capsroute.run.record import (
     stops_early,
     write_summary,
 )
+from capsroute.run.trackers import open_trackers, require_extras
+from capsroute.run.trackers.base import epoch_values
 
 log = logging.getLogger("capsroute")
 
@@ -79,6 +81,7 @@ def train_run(config: Config, run_dir: Path, console: Console | None = None) -> 
 
 
 def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, Any]:
+    require_extras(config)  # a missing tracker extra stops before any work
     device = setup_torch(config)
     checkpoint_path = run_dir / rundir.CHECKPOINT_FILE
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
@@ -107,6 +110,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
         return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
     write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+    trackers = open_trackers(config, run_dir, state.metrics, state.routing)
     try:
         with stop_on_signals():
             for epoch in range(state.epoch + 1, config.train.epochs + 1):
@@ -121,22 +125,28 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
                 state.wall_seconds += time.perf_counter() - started
                 save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
                 write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+                trackers.log_epoch(epoch, epoch_values(row, routing_rows))
                 log.info(epoch_line(row, config.train.epochs))
                 if stops_early(state.metrics, patience):
                     log.info("no better validation accuracy for %d epochs: stopping", patience)
                     break
     except InterruptedRunError as exc:
         record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
+        trackers.finish(summary)
         raise
     except KeyboardInterrupt as exc:
         record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")
+        trackers.finish(summary)
         raise InterruptedRunError(
             f"interrupted after epoch {state.epoch}; run the same command to resume"
         ) from exc
     except Exception as exc:
         record_stop(summary, state, rundir.STATUS_FAILED, run_dir, one_line(exc))
+        trackers.finish(summary)
         raise
-    return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+    summary = finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+    trackers.finish(summary)
+    return summary
 
 
 def setup_torch(config: Config) -> torch.device:

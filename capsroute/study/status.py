@@ -39,7 +39,6 @@ from capsroute.errors import ConfigError
 from capsroute.run import rundir
 from capsroute.study.sweep.manifest import MANIFEST_FILE, read_manifest
 
-SWEEPS_FOLDER = "sweeps"  # under out_root, as the sweep command writes them
 STATE_PENDING = "pending"
 STATE_STALE = "stale"
 ACTIVE_STATES = (rundir.STATUS_RUNNING, STATE_PENDING)
@@ -89,7 +88,7 @@ class SweepStatus:
 
 def newest_sweep(out_root: Path) -> Path:
     """The most recently modified sweep folder under `<out_root>/sweeps/`."""
-    folder = out_root / SWEEPS_FOLDER
+    folder = out_root / rundir.SWEEPS_DIR
     sweeps = [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
     if not sweeps:
         raise ConfigError(f"no sweeps under {folder}; give a SWEEP_DIR")
