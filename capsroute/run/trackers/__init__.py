@@ -45,10 +45,18 @@ def chosen(logger: LoggerConfig) -> list[str]:
 def require_extras(config: Config) -> None:
     """Raise `ConfigError` (one line, exit 2) naming the extra a chosen tracker needs."""
     for name in chosen(config.logger):
-        if any(importlib.util.find_spec(module) is None for module in EXTRAS[name]):
+        if any(_missing(module) for module in EXTRAS[name]):
             raise ConfigError(
                 f"logger={name} needs the {name} extra: pip install 'capsroute[{name}]'"
             )
+
+
+def _missing(module: str) -> bool:
+    """Whether `module` cannot be imported (looked up without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
 
 
 def _tracker_class(name: str) -> type[Tracker]:
