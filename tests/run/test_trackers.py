@@ -20,8 +20,8 @@ import pytest
 from capsroute import hydra_app
 from capsroute.errors import ConfigError
 from capsroute.run import rundir
-from capsroute.run.train import InterruptedRunError, train_run
 from capsroute.run.trackers import TrackerSet, require_extras
+from capsroute.run.train import InterruptedRunError, train_run
 from tests.conftest import TINY_MODEL
 
 EPOCHS = 3
@@ -33,7 +33,7 @@ def tiny_config(data_root: Path, out_root: Path, logger: str) -> object:
     return hydra_app.load_config(
         [
             f"dataset.root={data_root}",
-            "dataset.train_size=128",
+            "dataset.train_size=64",
             "dataset.test_size=64",
             "dataset.train_eval_size=64",
             "train.batch_size=64",
