@@ -228,13 +228,17 @@ def totals(status: SweepStatus) -> dict[str, Any]:
     """The bottom line: counts per state, epochs done of planned, time so far and time left."""
     runs = status.runs
     etas = [run.eta for run in runs if run.state in ACTIVE_STATES]
-    speeds = [run.images_per_s for run in runs if run.state == rundir.STATUS_RUNNING]
+    speeds = [
+        run.images_per_s
+        for run in runs
+        if run.state == rundir.STATUS_RUNNING and run.images_per_s is not None
+    ]
     return {
         "states": Counter(run.state for run in runs),
         "epoch": sum(run.epoch for run in runs),
         "epochs": sum(run.epochs or 0 for run in runs),
         "best_acc": max((r.best_acc for r in runs if r.best_acc is not None), default=None),
-        "images_per_s": sum(s for s in speeds if s is not None) if speeds else None,
+        "images_per_s": sum(speeds) if speeds else None,
         "seconds": sum(run.seconds for run in runs),
         "eta": None if any(e is None for e in etas) else sum(e for e in etas if e is not None),
     }
