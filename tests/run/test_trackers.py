@@ -205,3 +205,34 @@ def test_the_cli_names_the_missing_extra_and_exits_2(tmp_path: Path) -> None:
         "error: logger=wandb needs the wandb extra: pip install 'capsroute[wandb]'"
     )
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+def test_concurrent_jobs_share_a_fresh_mlflow_store(tmp_path: Path) -> None:
+    """Four processes start MLflow runs of one sweep at once on a store that does not exist
+    yet (unlocked, a fresh SQLite store is corrupted by this): all four runs land in one
+    experiment."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from capsroute.run.trackers.mlflow import default_tracking_uri
+
+    out_root = tmp_path / "outputs"
+    job = (
+        "import sys; from pathlib import Path\n"
+        "from capsroute.config import MlflowConfig\n"
+        "from capsroute.run.trackers.base import context_for\n"
+        "from capsroute.run.trackers.mlflow import MlflowTracker\n"
+        "out = Path(sys.argv[1]); run = out / 'sweeps' / 'grid' / 'mnist' / sys.argv[2] / 's0'\n"
+        "tracker = MlflowTracker(context_for(run, out, {'seed': 0}), MlflowConfig(enabled=True))\n"
+        "tracker.start({}); tracker.log_epoch(1, {'test_acc': 0.5})\n"
+    )
+    jobs = [
+        subprocess.Popen([sys.executable, "-c", job, str(out_root), f"r{r}"], cwd=tmp_path)
+        for r in (1, 2, 3, 4)
+    ]
+    assert [p.wait(timeout=300) for p in jobs] == [0, 0, 0, 0]
+    client = MlflowClient(tracking_uri=default_tracking_uri(out_root))
+    experiment = client.get_experiment_by_name("grid")
+    names = sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id]))
+    assert names == [f"mnist/r{r}/s0" for r in (1, 2, 3, 4)]
