@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from capsroute import hydra_app
+from capsroute.cli import status as status_cli
 from capsroute.cli.options import (
     parse_choice,
     parse_dataset_list,
@@ -49,6 +50,7 @@ cli = typer.Typer(
 )
 data_cli = typer.Typer(help="Download datasets and check what is on disk.", no_args_is_help=True)
 cli.add_typer(data_cli, name="data")
+cli.command(name="status", context_settings=EXTRA_ARGS)(status_cli.status)
 log = logging.getLogger("capsroute")
 
 
@@ -70,8 +72,7 @@ def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
     holds a checkpoint of the same config; a completed run is not trained again.
     """
     overrides = _split_overrides(ctx.args)
-    config = hydra_app.load_config(overrides, config_dir)  # validate before any directory
-    require_extras(config)  # a chosen tracker's extra is installed
+    require_extras(hydra_app.load_config(overrides, config_dir))  # before any directory is made
     ensure_writable(hydra_app.planned_run_dir(overrides, config_dir))
     hydra_app.run_hydra(_train_task, overrides, config_dir)
 
@@ -203,34 +204,6 @@ def report(
 
     made = make_report(paths or [], out, parse_formats(formats), metric)
     print_report(made, Console())
-
-
-@cli.command(context_settings=EXTRA_ARGS)
-def status(
-    ctx: typer.Context,
-    watch: Annotated[
-        bool, typer.Option("--watch", help="Refresh in place until the sweep ends.")
-    ] = False,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes.")] = 10,
-    config_dir: ConfigDir = None,
-) -> None:
-    """Where a sweep stands: `capsroute status [SWEEP_DIR] [out_root=DIR]`.
-
-    Per run: status, epoch k of N, last and best test accuracy, images/s, time so far and ETA,
-    then the totals. Default: the newest sweep under <out_root>/sweeps/. Reads only files.
-    """
-    from capsroute.study.status import newest_sweep, show_status
-
-    paths = [arg for arg in ctx.args if "=" not in arg and not arg.startswith("-")]
-    if len(paths) > 1:
-        raise ConfigError(f"give at most one SWEEP_DIR, got {len(paths)}: {' '.join(paths)}")
-    if interval <= 0:
-        raise ConfigError(f"--interval must be > 0, got {interval}")
-    overrides = _split_overrides([arg for arg in ctx.args if arg not in paths])
-    config = hydra_app.load_config(overrides, config_dir)
-    root = Path(paths[0]) if paths else newest_sweep(Path(config.out_root))
-    with exit_on_error():
-        show_status(root, Console(width=None if sys.stdout.isatty() else 160), watch, interval)
 
 
 @cli.command()

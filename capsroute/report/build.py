@@ -24,10 +24,9 @@ from capsroute.errors import CapsrouteError, ConfigError
 from capsroute.io import atomic_write_text, read_json
 from capsroute.report import plots
 from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
-from capsroute.report.findings import caveats, eval_sentences, findings
+from capsroute.report.findings import caveats, eval_sentences, findings, unfinished_sentences
 from capsroute.report.paper import ensemble_table, table1
 from capsroute.report.runset import RunSet, load_runs
-from capsroute.run import rundir
 from capsroute.run.rundir import ENSEMBLE_FILE
 
 FORMATS = ("md", "csv", "tex", "html")
@@ -142,20 +141,6 @@ def make_report(
     figures = draw_figures(report)
     report.files = [*figures, *write_outputs(report, formats, figures)]
     return report
-
-
-def unfinished_sentences(warnings: pd.DataFrame) -> list[str]:
-    """How many runs are still running or interrupted: drawn in the curves, not in the tables."""
-    counts = warnings["status"].value_counts() if not warnings.empty else pd.Series(dtype=int)
-    running = int(counts.get(rundir.STATUS_RUNNING, 0))
-    interrupted = int(counts.get(rundir.STATUS_INTERRUPTED, 0))
-    if not running + interrupted:
-        return []
-    return [
-        f"{running} runs are still running and {interrupted} were interrupted: the tables use "
-        "completed runs only; the per-epoch curves draw the unfinished runs dotted, up to "
-        "their last epoch."
-    ]
 
 
 def draw_figures(report: Report) -> list[Path]:

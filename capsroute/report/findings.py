@@ -16,6 +16,7 @@ import pandas as pd
 
 from capsroute.report.runset import axis_label
 from capsroute.report.stats import Estimate, estimate, paired_difference
+from capsroute.run import rundir
 
 METRIC_WORDS = {
     "final_test_acc": ("final test accuracy", True),
@@ -220,3 +221,17 @@ def caveats(used: int, found: int, left_out: int, validated: bool = False) -> li
             "the training images (dataset.val_size), so it is an honest held-out choice."
         )
     return lines
+
+
+def unfinished_sentences(warnings: pd.DataFrame) -> list[str]:
+    """How many runs are still running or interrupted: drawn in the curves, not in the tables."""
+    counts = warnings["status"].value_counts() if not warnings.empty else pd.Series(dtype=int)
+    running = int(counts.get(rundir.STATUS_RUNNING, 0))
+    interrupted = int(counts.get(rundir.STATUS_INTERRUPTED, 0))
+    if not running + interrupted:
+        return []
+    return [
+        f"{running} runs are still running and {interrupted} were interrupted: the tables use "
+        "completed runs only; the per-epoch curves draw the unfinished runs dotted, up to "
+        "their last epoch."
+    ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from rich.live import Live
 from rich.table import Table
 
 from capsroute.errors import ConfigError
+from capsroute.hydra_app import load_config
 from capsroute.run import rundir
 from capsroute.study.sweep.manifest import MANIFEST_FILE, read_manifest
 
@@ -43,6 +45,7 @@ STATE_PENDING = "pending"
 STATE_STALE = "stale"
 ACTIVE_STATES = (rundir.STATUS_RUNNING, STATE_PENDING)
 DEFAULT_INTERVAL_S = 10.0
+WIDE_TABLE = 160  # columns when not on a terminal (pipes, logs): the table does not wrap
 STATE_STYLES = {
     rundir.STATUS_COMPLETED: "green",
     rundir.STATUS_RUNNING: "cyan",
@@ -299,3 +302,18 @@ def show_status(
             status = read_status(root)
             live.update(status_table(status), refresh=True)
     return status
+
+
+def status_command(
+    args: list[str], watch: bool, interval: float, config_dir: Path | None = None
+) -> SweepStatus:
+    """`capsroute status [SWEEP_DIR] [key=value ...]`: the overrides give `out_root`."""
+    paths = [arg for arg in args if "=" not in arg]
+    if len(paths) > 1 or any(arg.startswith("-") for arg in paths):
+        raise ConfigError(f"give at most one SWEEP_DIR and key=value overrides, got {args}")
+    if interval <= 0:
+        raise ConfigError(f"--interval must be > 0, got {interval}")
+    config = load_config([arg for arg in args if "=" in arg], config_dir)
+    root = Path(paths[0]) if paths else newest_sweep(Path(config.out_root))
+    console = Console(width=None if sys.stdout.isatty() else WIDE_TABLE)
+    return show_status(root, console, watch, interval)
