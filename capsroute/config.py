@@ -152,6 +152,17 @@ class ModelConfig:
         )
 
 
+def iterations_allowed(mode: str, iterations: int) -> bool:
+    """The rule for r: at least 1, and the controls (`uniform`, `random`) need r = 1."""
+    return iterations >= 1 and (mode == "dynamic" or iterations == 1)
+
+
+def effective_iterations(mode: str, iterations: int) -> int:
+    """The routing iterations a `routing.mode` runs: r for dynamic routing, 1 for the controls
+    (they have no agreement step)."""
+    return iterations if mode == "dynamic" else 1
+
+
 @dataclass
 class RoutingConfig:
     """Dynamic routing (Procedure 1) and its controls.
@@ -169,6 +180,11 @@ class RoutingConfig:
     mode: str = "dynamic"
     temperature: float = 1.0  # random mode: logits ~ N(0, 1) / temperature (lower: sharper)
 
+    @property
+    def effective_iterations(self) -> int:
+        """The r this routing runs (`effective_iterations`)."""
+        return effective_iterations(self.mode, self.iterations)
+
     def __post_init__(self) -> None:
         _require(
             self.iterations >= 1,
@@ -183,7 +199,7 @@ class RoutingConfig:
             f"routing.mode must be one of {', '.join(ROUTING_MODES)}, got '{self.mode}'",
         )
         _require(
-            self.mode == "dynamic" or self.iterations == 1,
+            iterations_allowed(self.mode, self.iterations),
             f"routing.mode={self.mode} has no agreement step, so it needs routing.iterations=1 "
             f"(got {self.iterations}); sweep the controls with --iters 1",
         )

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from capsroute.config import ModelConfig, RoutingConfig
+from capsroute.config import ModelConfig, RoutingConfig, iterations_allowed
 from capsroute.nn.losses import LossParts, capsule_loss
 from capsroute.routing import RoutingResult, dynamic_routing, squash
 
@@ -152,7 +152,7 @@ class DigitCaps(nn.Module):
         mode = self.routing.mode
         if mode == "dynamic":
             return None
-        if iterations != 1:
+        if not iterations_allowed(mode, iterations):
             raise ValueError(f"routing.mode={mode} routes with r = 1 only, got r = {iterations}")
         if mode == "uniform":
             return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,25 +51,38 @@ def _short(exc: BaseException) -> str:
     return text[0][:120] if text else type(exc).__name__
 
 
-def load_trained(run_dir: Path, data_root: Path | None = None) -> tuple[Config, torch.nn.Module]:
-    """The config and the network (eval mode, CPU) saved in `run_dir/checkpoint.pt`.
+@dataclass
+class TrainedRun:
+    """A trained run read back from its checkpoint: the typed config it trained with (keys added
+    since filled with their defaults), the network with its weights (eval mode, CPU), and the
+    loop's saved state (epochs, metrics rows)."""
 
-    The config is the one stored with the weights; `data_root` replaces its `dataset.root`
-    (runs move between machines). Used by `capsroute viz` and the ensemble evaluation.
+    config: Config
+    model: torch.nn.Module
+    state: dict[str, Any]
+
+
+def load_run(run_dir: Path, data_root: Path | None = None) -> TrainedRun:
+    """The one loader of a trained run (`capsroute evaluate`, `viz`, `ensemble`).
+
+    `data_root` replaces the config's `dataset.root` (runs move between machines).
     """
-    from capsroute.config import to_config
+    from capsroute.config import to_config, with_added_keys
     from capsroute.errors import RunDirError
     from capsroute.nn import build_model
 
     path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no {CHECKPOINT_FILE}: train the run first")
-    state = load_checkpoint(path)
-    saved: dict[str, Any] = dict(state["config"])
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path} holds no config; move it away or retrain")
+    saved = with_added_keys(saved)
     if data_root is not None:
         saved["dataset"] = {**saved["dataset"], "root": str(data_root)}
     config = to_config(saved)
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(checkpoint["model"])
     model.eval()
-    return config, model
+    return TrainedRun(config, model, dict(checkpoint.get("state") or {}))

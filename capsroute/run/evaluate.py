@@ -68,7 +68,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     routed = isinstance(model, CapsNet)  # networks without routing have no diagnostics
-    r = iterations or (model.digit.routing.iterations if routed else 1)
+    r = iterations or (model.digit.routing.effective_iterations if routed else 1)
     diagnostics = diagnostics and routed
     reseed_routing(model, EVAL_ROUTING_SEED)  # routing.mode=random: the same draws every time
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct, loss, margin, recon

@@ -61,6 +61,17 @@ from capsroute.run.trackers.base import epoch_values
 
 log = logging.getLogger("capsroute")
 
+# Each epoch's shuffling and augmentation are seeded from (seed, epoch) alone, so a resumed run
+# draws exactly what an uninterrupted one does. A prime stride keeps (seed, epoch) pairs apart;
+# the random-routing control draws from a stream offset so it never shares the data's seed.
+EPOCH_SEED_STRIDE = 1_000_003
+ROUTING_SEED_OFFSET = 500_000
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s data order and augmentation."""
+    return seed * EPOCH_SEED_STRIDE + epoch
+
 
 class NonFiniteLossError(CapsrouteError):
     """The training loss became NaN or infinite."""
@@ -222,8 +233,10 @@ def run_epoch(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One pass over the training set, then evaluation; returns the metrics and routing rows."""
     train, dataset = config.train, config.dataset
-    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch)
-    reseed_routing(model, config.seed * 1_000_003 + epoch + 500_000)  # routing.mode=random
+    generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+    reseed_routing(
+        model, epoch_seed(config.seed, epoch) + ROUTING_SEED_OFFSET
+    )  # routing.mode=random
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, margin, recon, correct
     batches = num_batches(len(splits.train), train.batch_size)
     lr = optimizer.param_groups[0]["lr"]

@@ -24,7 +24,7 @@ from capsroute.data.batches import eval_batches, make_splits
 from capsroute.errors import ConfigError
 from capsroute.io import write_json
 from capsroute.nn.capsnet import correct_predictions
-from capsroute.run.checkpoint import load_trained
+from capsroute.run.checkpoint import load_run
 from capsroute.run.evaluate import classify
 from capsroute.run.rundir import ENSEMBLE_FILE
 
@@ -59,7 +59,7 @@ def evaluate_ensemble(
     if not run_dirs:
         raise ConfigError("an ensemble needs at least one run directory")
     device = torch.device("cpu")
-    loaded = [load_trained(Path(run), data_root) for run in run_dirs]
+    loaded = [(t.config, t.model) for t in (load_run(Path(run), data_root) for run in run_dirs)]
     keys = {_test_key(config) for config, _ in loaded}
     if len(keys) > 1:
         raise ConfigError(

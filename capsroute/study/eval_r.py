@@ -29,14 +29,14 @@ from typing import Any
 
 import torch
 
-from capsroute.config import Config, to_config, with_added_keys
+from capsroute.config import Config, effective_iterations
 from capsroute.data.batches import Splits, make_splits
 from capsroute.data.files import ImageTensors
 from capsroute.errors import CheckpointError, ConfigError
 from capsroute.io import write_csv
 from capsroute.nn.capsnet import CapsNet
 from capsroute.run import rundir
-from capsroute.run.checkpoint import load_checkpoint
+from capsroute.run.checkpoint import load_run
 from capsroute.run.evaluate import evaluate
 from capsroute.run.rundir import (
     EVAL_COLUMNS,
@@ -70,7 +70,7 @@ class RunEvaluation:
 
     @property
     def reference(self) -> dict[str, Any] | None:
-        own_r = self.train_r if self.mode == "dynamic" else 1
+        own_r = effective_iterations(self.mode, self.train_r)
         return next(
             (row for row in self.rows if row["mode"] == self.mode and row["eval_r"] == own_r),
             None,
@@ -90,14 +90,6 @@ def check_run_dir(run_dir: Path) -> Path:
     return checkpoint
 
 
-def load_run_config(checkpoint: dict[str, Any], path: Path) -> Config:
-    """The typed config a checkpoint was trained with (keys added since filled with defaults)."""
-    saved = checkpoint.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint {path} holds no config; it cannot be evaluated")
-    return to_config(with_added_keys(saved))
-
-
 def evaluate_run(
     run_dir: Path,
     iters: Sequence[int] = DEFAULT_ITERS,
@@ -111,14 +103,13 @@ def evaluate_run(
     `auto`, and `dataset.root`); exact reproduction of recorded numbers needs the device type
     the run was trained on. Holds the run directory's lock, so a run being trained is refused.
     """
-    from capsroute.nn import build_model
     from capsroute.run.train import setup_torch  # train imports rich/torch pieces
 
     run_dir = Path(run_dir)
-    checkpoint_path = check_run_dir(run_dir)
+    check_run_dir(run_dir)
     with rundir.run_lock(run_dir):
-        checkpoint = load_checkpoint(checkpoint_path)
-        config = load_run_config(checkpoint, checkpoint_path)
+        trained = load_run(run_dir)
+        config = trained.config
         if device is not None:
             config = dataclasses.replace(config, device=device)
         if data_root is not None:
@@ -128,12 +119,11 @@ def evaluate_run(
                 f"{run_dir} has no validation split (trained without dataset.val_size); "
                 "use --split test or --split train"
             )
-        state = checkpoint.get("state") or {}
+        state = trained.state
         epoch = int(state.get("epoch", 0))
         recorded = _recorded_accuracy(state, split)
         torch_device = setup_torch(config)
-        model = build_model(config).to(torch_device)
-        model.load_state_dict(checkpoint["model"])
+        model = trained.model.to(torch_device)
         data = _split_data(make_splits(config.dataset, config.seed, torch_device), split)
         result = RunEvaluation(
             run_dir=run_dir,
@@ -147,7 +137,7 @@ def evaluate_run(
         plan = [("dynamic", r) for r in iters]
         if config.routing.mode != "dynamic":
             plan.append((config.routing.mode, 1))  # the control the run was trained with
-        own_r = config.routing.iterations if config.routing.mode == "dynamic" else 1
+        own_r = config.routing.effective_iterations
         for mode, r in plan:
             row, routing_rows = _evaluate_once(model, data, config, torch_device, mode, r)
             row.update(epoch=epoch, split=split, train_r=result.train_r)
@@ -183,7 +173,7 @@ def _split_data(splits: Splits, split: str) -> ImageTensors:
 def routing_mode(model: CapsNet, mode: str) -> Iterator[None]:
     """Route with `mode` inside the block (a control needs r = 1), then restore the model's own."""
     saved = model.digit.routing
-    iterations = saved.iterations if mode == "dynamic" else 1
+    iterations = effective_iterations(mode, saved.iterations)
     model.digit.routing = dataclasses.replace(saved, mode=mode, iterations=iterations)
     try:
         yield

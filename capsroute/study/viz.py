@@ -37,7 +37,7 @@ from capsroute.data.batches import eval_batches, make_splits
 from capsroute.errors import ConfigError
 from capsroute.io import atomic_write_bytes
 from capsroute.nn.capsnet import CapsNet, correct_predictions, predicted_classes
-from capsroute.run.checkpoint import load_trained
+from capsroute.run import checkpoint
 
 DPI = 110
 PERTURBATIONS = tuple(round(-0.25 + 0.05 * k, 2) for k in range(11))  # -0.25, -0.20, ..., 0.25
@@ -69,7 +69,8 @@ def load_run(run_dir: Path, data_root: Path | None = None, max_images: int = 200
 
     `data_root` replaces the saved `dataset.root` (runs move between machines).
     """
-    config, model = load_trained(Path(run_dir), data_root)
+    trained = checkpoint.load_run(Path(run_dir), data_root)
+    config, model = trained.config, trained.model
     if not isinstance(model, CapsNet):
         raise ConfigError(f"{run_dir} is not a CapsNet run: viz draws capsules and routing")
     dataset = dataclasses.replace(

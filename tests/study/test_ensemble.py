@@ -11,7 +11,7 @@ import torch
 from capsroute.data.batches import eval_batches, make_splits
 from capsroute.errors import ConfigError
 from capsroute.hydra_app import load_config
-from capsroute.run.checkpoint import load_trained
+from capsroute.run.checkpoint import load_run
 from capsroute.run.evaluate import classify
 from capsroute.run.train import train_run
 from capsroute.study.ensemble import evaluate_ensemble, write_ensemble
@@ -26,12 +26,12 @@ def test_ensemble_averages_the_members_scores(tmp_path: Path, tiny_overrides: li
         runs.append(tmp_path / name)
     result = evaluate_ensemble(runs)
 
-    config, _ = load_trained(runs[0])
+    config = load_run(runs[0]).config
     test = make_splits(config.dataset, config.seed, torch.device("cpu")).test
     cpu = torch.device("cpu")
 
     def member_scores(run: Path) -> torch.Tensor:  # (128, 10) class-capsule lengths
-        model = load_trained(run)[1]
+        model = load_run(run).model
         batches = eval_batches(test, config.dataset, 64, cpu)
         return torch.cat([classify(model, images, cpu) for images, _, _ in batches])
 
