@@ -21,13 +21,13 @@ from rich.console import Console
 from rich.table import Table
 
 from capsroute import hydra_app
-from capsroute.cli import status as status_cli
 from capsroute.cli.options import (
     parse_choice,
     parse_dataset_list,
     parse_int_list,
     parse_precisions,
 )
+from capsroute.cli.status import status as status_command
 from capsroute.config import to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
@@ -50,7 +50,7 @@ cli = typer.Typer(
 )
 data_cli = typer.Typer(help="Download datasets and check what is on disk.", no_args_is_help=True)
 cli.add_typer(data_cli, name="data")
-cli.command(name="status", context_settings=EXTRA_ARGS)(status_cli.status)
+cli.command(name="status", context_settings=EXTRA_ARGS)(status_command)
 log = logging.getLogger("capsroute")
 
 
