@@ -135,3 +135,29 @@ def test_status_of_a_real_tiny_sweep(tmp_path: Path, data_root: Path) -> None:
     assert status.ended
     shown = run_cli("status", cwd=tmp_path)
     assert shown.returncode == 0 and "1 completed" in shown.stdout, shown.stderr
+
+
+def test_watch_refreshes_until_the_sweep_ends(sweep_root: Path) -> None:
+    """--watch keeps reading while a run is pending; the sweep finishing ends it."""
+    import threading
+
+    from capsroute.study.status import show_status
+
+    def finish_sweep() -> None:
+        manifest = json.loads((sweep_root / MANIFEST_FILE).read_text())
+        (sweep_root / MANIFEST_FILE).write_text(json.dumps({**manifest, "status": "completed"}))
+
+    console = Console(record=True, width=200)
+    result = []
+    watcher = threading.Thread(
+        target=lambda: result.append(show_status(sweep_root, console, True, interval=0.05)),
+        daemon=True,
+    )
+    watcher.start()
+    watcher.join(timeout=0.5)
+    assert watcher.is_alive()  # a run is pending: still watching
+    finish_sweep()
+    watcher.join(timeout=30)
+    assert not watcher.is_alive()
+    assert result[0].ended and result[0].sweep_state == "completed"
+    assert "mnist/r11/s0" in console.export_text()
