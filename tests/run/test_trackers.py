@@ -86,7 +86,7 @@ def test_tensorboard_history_is_continuous_after_a_resume(tracked_run: Path) -> 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logdir = tracked_run / rundir.TENSORBOARD_DIR
-    reader = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0})
+    reader = EventAccumulator(str(logdir), size_guidance={"scalars": 0, "tensors": 0, "images": 0})
     reader.Reload()
     metrics, routing = expected(tracked_run)
     for column in ("test_acc", "train_loss", "images_per_s", "lr"):
@@ -99,6 +99,8 @@ def test_tensorboard_history_is_continuous_after_a_resume(tracked_run: Path) -> 
     assert [v for _, v in entropy] == pytest.approx(at_iter2, rel=1e-6)
     assert "config/text_summary" in reader.Tags()["tensors"]
     assert "summary/text_summary" in reader.Tags()["tensors"]
+    assert sorted(reader.Tags()["images"]) == ["figures/accuracy", "figures/routing"]
+    assert reader.Images("figures/accuracy")[0].encoded_image_string[:4] == b"\x89PNG"
     assert len(list(logdir.iterdir())) == 2  # one events file per segment, no sub-runs
 
 
@@ -123,7 +125,9 @@ def test_mlflow_run_is_continued_with_params_and_artefacts(tracked_run: Path) ->
     params = runs[0].data.params
     assert params["routing.iterations"] == "2" and params["logger.mlflow.enabled"] == "True"
     artefacts = [f.path for f in client.list_artifacts(saved["run_id"])]
-    assert artefacts == [rundir.SUMMARY_FILE]
+    assert artefacts == ["figures", rundir.SUMMARY_FILE]
+    figures = [f.path for f in client.list_artifacts(saved["run_id"], "figures")]
+    assert figures == ["figures/accuracy.png", "figures/routing.png"]
     final = runs[0].data.metrics["summary/final_test_acc"]
     assert final == pytest.approx(metrics["test_acc"].iloc[-1])
     del routing
@@ -154,6 +158,7 @@ def test_wandb_offline_segments_join_into_one_history(
     assert [s["exit_code"] for s in segments] == [1, 0]  # interrupted, then completed
     assert segments[-1]["summary"]["final_test_acc"] == pytest.approx(metrics["test_acc"].iloc[-1])
     assert rundir.SUMMARY_FILE in segments[-1]["files"]
+    assert rows[-1]["figures/accuracy/_type"] == "image-file"  # the reader joins nested keys
     assert segments[0]["config"]["routing"]["iterations"] == 2
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from capsroute.errors import ConfigError, one_line
 from capsroute.io import read_json, write_json
 from capsroute.run import rundir
 from capsroute.run.trackers.base import Tracker, context_for, epoch_values
+from capsroute.run.trackers.figures import run_figures
 
 log = logging.getLogger("capsroute")
 
@@ -114,9 +116,18 @@ class TrackerSet:
         self._record_progress()
 
     def finish(self, summary: dict[str, Any]) -> None:
-        files = artefact_files(self.run_dir)
-        for tracker in list(self.trackers):
-            self._guard(tracker, "finish", lambda t=tracker: t.finish(summary, files))
+        """Hand over the summary, summary.json and the figures, then close every tracker run."""
+        if not self.trackers:
+            return
+        with tempfile.TemporaryDirectory(prefix="capsroute-figures-") as scratch:
+            try:
+                figures = run_figures(self.run_dir, Path(scratch))
+            except Exception as exc:  # the figures are extra: never lose the summary for them
+                log.warning("tracker figures not drawn: %s", one_line(exc))
+                figures = []
+            files = [*artefact_files(self.run_dir), *figures]
+            for tracker in list(self.trackers):
+                self._guard(tracker, "finish", lambda t=tracker: t.finish(summary, files))
         self._record_progress()
 
     def _record_progress(self) -> None:

@@ -82,6 +82,7 @@ class WandbTracker(Tracker):
             ),
         )
         self.earlier = earlier
+        self.last = 0  # the last epoch this segment logged
         return {"id": self.run_id, "mode": self.mode, "project": self.settings.project}
 
     def logged_through(self) -> int:
@@ -91,13 +92,18 @@ class WandbTracker(Tracker):
 
     def log_epoch(self, epoch: int, values: dict[str, float]) -> None:
         self.run.log(values, step=epoch)
+        self.last = epoch
 
     def finish(self, summary: dict[str, Any], files: list[Path]) -> None:
         import wandb
 
         self.run.summary.update(numeric_summary(summary))
+        images = {f"figures/{p.stem}": wandb.Image(str(p)) for p in files if p.suffix == ".png"}
+        if images:  # copied into the run's media folder now (the PNGs may be temporary)
+            self.run.log(images, step=self.last)  # the last row: resume reads steps as epochs
         for path in files:
-            self.run.save(str(path), base_path=str(self.context.run_dir), policy="now")
+            if path.suffix != ".png":
+                self.run.save(str(path), base_path=str(path.parent), policy="now")
         self.run.finish(exit_code=0 if summary.get("status") == rundir.STATUS_COMPLETED else 1)
         wandb.teardown()
 
