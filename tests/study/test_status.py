@@ -16,11 +16,12 @@ from capsroute.study.status import (
     STATE_PENDING,
     STATE_STALE,
     format_duration,
+    newest_sweep,
     read_status,
     status_table,
 )
 from capsroute.study.sweep.manifest import MANIFEST_FILE
-from tests.cli.test_cli import assert_one_line_error, run_cli
+from tests.cli.test_cli import run_cli
 from tests.conftest import TINY_MODEL
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -108,7 +109,8 @@ def test_cli_picks_the_newest_sweep_under_out_root(tmp_path: Path, sweep_root: P
     result = run_cli("status", f"out_root={tmp_path / 'outputs'}", cwd=other.parent)
     assert result.returncode == 0, result.stderr
     assert "sweep grid" in result.stdout and "mnist/r11/s0" in result.stdout
-    assert_one_line_error(run_cli("status", cwd=tmp_path / "outputs"), 2, "no sweeps under")
+    with pytest.raises(ConfigError, match="no sweeps under"):
+        newest_sweep(tmp_path / "outputs" / "sweeps")
     with pytest.raises(ConfigError, match="does not exist"):
         read_status(tmp_path / "nope")
 
