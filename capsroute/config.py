@@ -17,9 +17,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from capsroute.errors import ConfigError
+from capsroute.logger_config import BOOKKEEPING_PREFIX, LoggerConfig
 
-# multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files
-DATASETS = ("mnist", "cifar10", "multimnist")
+# multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files;
+# svhn and smallnorb: the paper's Section 7; fashion_mnist: the usual next step after MNIST
+DATASETS = ("mnist", "cifar10", "multimnist", "fashion_mnist", "svhn", "smallnorb")
 PRECISIONS = ("fp32", "bf16", "fp16")
 # capsnet: the CapsNet of Section 4; baseline_cnn: the paper's baseline CNN (capsroute.baseline)
 MODEL_KINDS = ("capsnet", "baseline_cnn")
@@ -27,12 +29,22 @@ ROUTING_GRADS = ("all", "last")
 # dynamic: Procedure 1; uniform: every c_ij = 1/n_out; random: c_i = softmax(random logits / T).
 # The two controls have no agreement step (Paik et al. 2019 compare routing against them).
 ROUTING_MODES = ("dynamic", "uniform", "random")
+# paper: the paper's text (capsroute's default); official: the authors' TensorFlow code
+# (Sarasra/models, research/capsules). README "Paper mode and official-code mode".
+FORMS = ("paper", "official")
+PADDINGS = ("valid", "same")  # same: TensorFlow's 'SAME' (uneven when the total is odd)
+INITS = ("torch", "official")  # official: variables.py's truncated normals and 0.1 biases
+COMBINES = ("max", "add_clip")  # MultiMNIST overlay: pixel-wise max, or sum clipped at 255
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 def _require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    _require(value in allowed, f"{name} must be one of {', '.join(allowed)}, got '{value}'")
 
 
 def _positive(name: str, value: float | None) -> None:
@@ -62,8 +74,17 @@ class DatasetConfig:
     overlay_shift: int = 4
     # where generated datasets (MultiMNIST) are cached; the data root may be read-only
     cache_dir: str = "${out_root}/cache"
+    # official: CIFAR-10 random brightness and contrast, then per-image standardisation
+    distort: str = "paper"
+    combine: str = "max"  # MultiMNIST overlay: max (capsroute) or add_clip (official code)
 
     def __post_init__(self) -> None:
+        _choice("dataset.distort", self.distort, FORMS)
+        _choice("dataset.combine", self.combine, COMBINES)
+        _require(
+            self.distort == "paper" or self.name == "cifar10",
+            "dataset.distort=official is the official CIFAR-10 input pipeline: use dataset=cifar10",
+        )
         _require(
             self.name in DATASETS,
             f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}",
@@ -104,6 +125,9 @@ class ModelConfig:
     weight_std: float = 0.1  # W_ij ~ truncated normal (2 std), as the official code's weights
     none_of_the_above: bool = False  # an extra routing target with no class (paper's CIFAR-10)
     reconstruction: bool = True
+    # per-image standardisation of the input (the official smallNORB code); the decoder still
+    # reconstructs the [0, 1] pixels
+    standardize: bool = False
     decoder_hidden: list[int] = field(default_factory=lambda: [512, 1024])
     recon_weight: float = 0.0005
     m_plus: float = 0.9
@@ -114,8 +138,18 @@ class ModelConfig:
     cnn_kernel: int = 5
     cnn_hidden: list[int] = field(default_factory=lambda: [328, 192])
     cnn_dropout: float = 0.5
+    # official-code mode switches (README "Paper mode and official-code mode"):
+    padding: str = "valid"  # conv1 and PrimaryCaps: valid (paper) or TensorFlow 'same'
+    # PrimaryCaps as the official conv_slim_capsule: one routing pass over the types, i.e.
+    # squash(conv / T + b), T = types (+1 with routing.leaky), b per (type, unit)
+    primary_routing: bool = False
+    init: str = "torch"  # torch defaults, or the official truncated normals and 0.1 biases
+    loss_form: str = "paper"  # official: margin loss x 1/(2K) (x0.5, mean over the K classes)
 
     def __post_init__(self) -> None:
+        _choice("model.padding", self.padding, PADDINGS)
+        _choice("model.init", self.init, INITS)
+        _choice("model.loss_form", self.loss_form, FORMS)
         _require(
             self.kind in MODEL_KINDS,
             f"unknown model.kind '{self.kind}'; choose one of: {', '.join(MODEL_KINDS)}",
@@ -179,6 +213,9 @@ class RoutingConfig:
     grad: str = "all"
     mode: str = "dynamic"
     temperature: float = 1.0  # random mode: logits ~ N(0, 1) / temperature (lower: sharper)
+    # the official code's leaky routing: a constant logit 0 joins the softmax over parents and
+    # is dropped, so c_ij = e^b_ij / (1 + sum_k e^b_ik) (no capsule, no W for the leak)
+    leaky: bool = False
 
     @property
     def effective_iterations(self) -> int:
@@ -218,15 +255,22 @@ class TrainConfig:
     lr_decay_steps: int = 2000
     precision: str = "fp32"
     compile: bool = False
-    deterministic: bool = True
+    deterministic: bool = True  # false: cuDNN autotunes its algorithms (faster, not bitwise)
+    # CUDA only (ignored elsewhere): replay the whole train step from one CUDA graph
+    # (capsroute/run/graph_step.py); same numbers up to float rounding, 3-4x faster in bf16
+    cuda_graph: bool = True
+    # CUDA only: TF32 for fp32 matmuls and convolutions (~3e-4 relative error; bf16 unaffected)
+    tf32: bool = False
     progress: bool = True  # rich progress bar on a terminal, log lines elsewhere
     threads: int | None = None  # torch CPU threads; default: torch's own choice
     # a NaN/Inf loss: "fail" stops the run (last good checkpoint kept), "skip" drops the step
     nonfinite: str = "fail"
     # stop after this many epochs without a higher validation accuracy (needs dataset.val_size)
     early_stopping_patience: int | None = None
+    lr_min: float = 0.0  # floor of the decayed lr (the official code's: 1e-6)
 
     def __post_init__(self) -> None:
+        _require(self.lr_min >= 0, f"train.lr_min must be >= 0, got {self.lr_min}")
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.eval_batch_size", self.eval_batch_size)
@@ -246,52 +290,6 @@ class TrainConfig:
             self.precision in PRECISIONS,
             f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'",
         )
-
-
-WANDB_MODES = ("online", "offline", "disabled")
-
-
-@dataclass
-class TensorBoardConfig:
-    """`logger=tensorboard`: event files in `<run_dir>/tensorboard/`, so a sweep folder is a
-    TensorBoard log directory holding one folder per run."""
-
-    enabled: bool = False
-
-
-@dataclass
-class MlflowConfig:
-    """`logger=mlflow`: one MLflow run per capsroute run, one experiment per sweep."""
-
-    enabled: bool = False
-    tracking_uri: str | None = None  # default: sqlite:///<out_root>/mlflow.db (+ mlartifacts/)
-    experiment: str | None = None  # default: the sweep's name; `runs` for `capsroute train`
-
-
-@dataclass
-class WandbConfig:
-    """`logger=wandb`: one W&B run per capsroute run, grouped by sweep."""
-
-    enabled: bool = False
-    project: str = "capsroute"
-    entity: str | None = None
-    mode: str | None = None  # online | offline | disabled; default: online when logged in
-
-    def __post_init__(self) -> None:
-        _require(
-            self.mode is None or self.mode in WANDB_MODES,
-            f"logger.wandb.mode must be one of {', '.join(WANDB_MODES)}, got '{self.mode}'",
-        )
-
-
-@dataclass
-class LoggerConfig:
-    """Experiment trackers fed besides the run directory (`logger=[tensorboard,mlflow]`);
-    metrics.csv stays the record either way (the `logger` group, conf/logger/)."""
-
-    tensorboard: TensorBoardConfig = field(default_factory=TensorBoardConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 @dataclass
@@ -373,6 +371,15 @@ ADDED_KEYS: dict[str, Any] = {
     "model.cnn_dropout": 0.5,
     "dataset.overlay_shift": 4,
     "dataset.cache_dir": "outputs/cache",
+    "model.standardize": False,
+    "dataset.distort": "paper",
+    "dataset.combine": "max",
+    "model.padding": "valid",
+    "model.primary_routing": False,
+    "model.init": "torch",
+    "model.loss_form": "paper",
+    "routing.leaky": False,
+    "train.lr_min": 0.0,
 }
 
 
@@ -411,6 +418,7 @@ RESUMABLE_KEYS = {
     "train.threads",
     "train.eval_batch_size",
     "train.compile",
+    "train.cuda_graph",
     "device",
     "dataset.root",
     "dataset.download",
@@ -419,11 +427,6 @@ RESUMABLE_KEYS = {
     "out_root",
     "run_name",
 }
-
-
-# Config sections that say where results are also sent, never what is trained: they may change
-# on a resume, and they never make two runs different for a report.
-BOOKKEEPING_PREFIX = "logger."
 
 
 def config_diff(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

@@ -23,6 +23,7 @@ from rich.table import Table
 from capsroute import hydra_app
 from capsroute.cli.options import (
     parse_choice,
+    parse_choice_list,
     parse_dataset_list,
     parse_int_list,
     parse_precisions,
@@ -31,7 +32,6 @@ from capsroute.cli.status import status as status_command
 from capsroute.config import to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
-from capsroute.run.trackers import require_extras
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
 ConfigDir = Annotated[
@@ -72,7 +72,7 @@ def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
     holds a checkpoint of the same config; a completed run is not trained again.
     """
     overrides = _split_overrides(ctx.args)
-    require_extras(hydra_app.load_config(overrides, config_dir))  # before any directory is made
+    hydra_app.load_config(overrides, config_dir)  # validate before Hydra makes any directory
     ensure_writable(hydra_app.planned_run_dir(overrides, config_dir))
     hydra_app.run_hydra(_train_task, overrides, config_dir)
 
@@ -109,6 +109,8 @@ def sweep(
         str | None, typer.Option(help="basic | joblib | submitit_local | submitit_slurm.")
     ] = None,
     jobs: Annotated[int | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
+    jobs_per_gpu: Annotated[int | None, typer.Option(help="Runs at once on each GPU.")] = None,
+    mps: Annotated[bool, typer.Option(help="Packed runs share a GPU through CUDA MPS.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -128,6 +130,8 @@ def sweep(
         name=name,
         launcher=launcher,
         jobs=jobs,
+        jobs_per_gpu=jobs_per_gpu,
+        mps=mps,
         overrides=_split_overrides(ctx.args),
         config_dir=config_dir,
         dry_run=dry_run,
@@ -144,7 +148,7 @@ def info(
     cfg: Annotated[bool, typer.Option("--cfg", help="Print the resolved config only.")] = False,
 ) -> None:
     """Resolved config, parameter counts, dataset sizes and device, without training."""
-    from capsroute.cli.info import run_info
+    from capsroute.cli.info import flatten_details, run_info
 
     overrides = _split_overrides(ctx.args)
     composed = hydra_app.compose_config(overrides, config_dir)
@@ -159,21 +163,9 @@ def info(
     console = Console()
     console.print(OmegaConf.to_yaml(composed, resolve=True).rstrip(), highlight=False)
     table = Table(title="capsroute info", show_header=False)
-    for key, value in _flatten(details):
+    for key, value in flatten_details(details):
         table.add_row(key, str(value))
     console.print(table)
-
-
-def _flatten(details: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for key, value in details.items():
-        if key == "config":
-            continue
-        if isinstance(value, dict):
-            rows += _flatten(value, f"{prefix}{key}.")
-        else:
-            rows.append((f"{prefix}{key}", value))
-    return rows
 
 
 @cli.command()
@@ -264,6 +256,7 @@ def bench(
     precision: Annotated[str, typer.Option("--precision", help="fp32,bf16,fp16.")] = "fp32,bf16",
     steps: Annotated[int, typer.Option("--steps", help="Timed steps (median).")] = 5,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed steps first.")] = 2,
+    variants: Annotated[str, typer.Option(help="Train step: eager,graph (CUDA graph).")] = "eager",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the rows here.")] = None,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -273,6 +266,7 @@ def bench(
     Synthetic images: no dataset files are needed.
     """
     from capsroute.study.bench import (
+        VARIANTS,
         results_table,
         run_bench,
         write_json,
@@ -289,8 +283,9 @@ def bench(
             parse_precisions(precision),
             steps=steps,
             warmup=warmup,
+            variants=parse_choice_list(variants, "--variants", VARIANTS, "variant"),
             progress=lambda row: console.log(
-                f"{row.mode} r={row.iters} batch={row.batch_size} {row.precision}: "
+                f"{row.mode} {row.variant} r={row.iters} batch={row.batch_size} {row.precision}: "
                 f"{row.ms_per_step:.1f} ms/step"
             ),
         )
@@ -361,7 +356,11 @@ def ensemble(
 @data_cli.command("download")
 def data_download(
     dataset: Annotated[
-        str, typer.Option(help="Comma-separated: mnist,cifar10 (multimnist: its MNIST files)")
+        str,
+        typer.Option(
+            help="Comma-separated: mnist,cifar10,fashion_mnist,svhn,smallnorb "
+            "(multimnist: its MNIST files)"
+        ),
     ] = "mnist,cifar10",
     root: Annotated[
         Path | None, typer.Option(help="Data root (default: $CAPSROUTE_DATA or ./data)")

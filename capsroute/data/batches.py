@@ -21,6 +21,7 @@ from torch import Tensor
 
 from capsroute.config import DatasetConfig
 from capsroute.data import multimnist
+from capsroute.data.distort import distort_train, standardise
 from capsroute.data.files import DATASET_INFO, ImageTensors, load_split
 from capsroute.errors import ConfigError
 
@@ -202,7 +203,7 @@ def _multimnist_splits(cfg: DatasetConfig, seed: int) -> Splits:
     pool, val_index = train_val_indices(source.labels, None, cfg.val_size, seed)
 
     def generate(digits: ImageTensors, split: str, size: int, spec_seed: int) -> ImageTensors:
-        spec = multimnist.MultiMNISTSpec(split, size, cfg.overlay_shift, spec_seed)
+        spec = multimnist.MultiMNISTSpec(split, size, cfg.overlay_shift, spec_seed, cfg.combine)
         made = multimnist.load_or_generate(digits.images, digits.labels, spec, Path(cfg.cache_dir))
         parts = made.parts(digits.images).unsqueeze(2)  # (M, 2, 1, S, S)
         return ImageTensors(made.images, made.labels, parts)
@@ -221,7 +222,7 @@ def _multimnist_splits(cfg: DatasetConfig, seed: int) -> Splits:
 # --------------------------------------------------------------------------------------------
 
 
-def _output_size(cfg: DatasetConfig, size: int) -> int:
+def output_size(cfg: DatasetConfig, size: int) -> int:
     """The side the model sees: `cfg.crop` if set (checked against the image size), else `size`."""
     if cfg.crop is None:
         return size
@@ -236,7 +237,7 @@ def input_shape(cfg: DatasetConfig) -> tuple[int, int, int]:
     """(C, H, W) of the images the model sees: the crop size if `cfg.crop`, else native size."""
     info = DATASET_INFO[cfg.name]
     size = multimnist.canvas_size(cfg.overlay_shift) if cfg.name == "multimnist" else info.size
-    side = _output_size(cfg, size)
+    side = output_size(cfg, size)
     return (info.channels, side, side)
 
 
@@ -271,7 +272,7 @@ def sample_augmentation(
     The draws happen in a fixed order (translation, crop, flip), each only when enabled, so the
     same generator state yields the same augmentation whatever device the images are on.
     """
-    crop = _output_size(cfg, size) if cfg.crop is not None else None
+    crop = output_size(cfg, size) if cfg.crop is not None else None
     translate = crop_offset = flip = None
     if cfg.shift > 0:
         translate = torch.randint(-cfg.shift, cfg.shift + 1, (batch, 2), generator=generator)
@@ -325,7 +326,7 @@ def _unit_scale(device: torch.device) -> Tensor:
     return (torch.arange(256, dtype=torch.float32) / 255).to(device)
 
 
-def _to_float(images: Tensor) -> Tensor:
+def to_float(images: Tensor) -> Tensor:
     """uint8 (B, C, H, W) -> float32 in [0, 1], bit-identical on every device.
 
     A lookup in a table divided once on the CPU, because CUDA divides a tensor by a scalar as a
@@ -335,9 +336,9 @@ def _to_float(images: Tensor) -> Tensor:
     return _unit_scale(images.device)[images.long()]
 
 
-def _parts(data: ImageTensors, index: Tensor | slice, device: torch.device) -> Tensor | None:
+def digit_parts(data: ImageTensors, index: Tensor | slice, device: torch.device) -> Tensor | None:
     """The MultiMNIST digits alone of the examples at `index`, float on `device` (else None)."""
-    return None if data.parts is None else _to_float(data.parts[index].to(device))
+    return None if data.parts is None else to_float(data.parts[index].to(device))
 
 
 def train_batches(
@@ -351,7 +352,8 @@ def train_batches(
        labels int64 (B,), and MultiMNIST's digits alone), all on `device`.
     The order is `torch.randperm(N, generator=generator)`; the
        last partial batch is kept. Each batch is moved to `device` as uint8 and augmented there
-       (translation by up to `cfg.shift` px, random `cfg.crop` window, random horizontal flip),
+       (translation by up to `cfg.shift` px, random `cfg.crop` window, random horizontal flip;
+       with `cfg.distort="official"` then brightness, contrast and standardisation),
        with the random numbers drawn on the CPU from `generator`, which must be a CPU generator.
        Arguments are checked and the order drawn when this is called, not at the first batch.
     """
@@ -359,7 +361,7 @@ def train_batches(
         raise ValueError(f"train_batches needs a CPU generator, got one on {generator.device}")
     num_batches(len(data), batch_size)  # validates batch_size
     size = data.images.shape[-1]
-    _output_size(cfg, size)  # fail before the first batch if the crop cannot fit
+    output_size(cfg, size)  # fail before the first batch if the crop cannot fit
     order = torch.randperm(len(data), generator=generator)  # (N,) drawn now, at the call
 
     def batches() -> Iterator[Batch]:
@@ -368,7 +370,10 @@ def train_batches(
             images = data.images[index].to(device)  # (B, C, H, W) uint8
             labels = data.labels[index].to(device)  # (B,) or (B, 2)
             aug = sample_augmentation(int(index.shape[0]), cfg, size, generator)
-            yield Batch(_to_float(augment(images, aug)), labels, _parts(data, index, device))
+            floats = to_float(augment(images, aug))  # (B, C, H', W') in [0, 1]
+            if cfg.distort == "official":  # brightness, contrast, standardisation
+                floats = distort_train(floats, generator)
+            yield Batch(floats, labels, digit_parts(data, index, device))
 
     return batches()
 
@@ -378,12 +383,13 @@ def eval_batches(
 ) -> Iterator[Batch]:
     """The split in order, unaugmented except for a centre crop to `cfg.crop` when set.
 
-    Yields `Batch`es (images float32 (B, C, H', W') in [0, 1], labels int64) on `device`. The
-    crop corner is placed as torchvision's `CenterCrop` places it.
+    Yields `Batch`es (images float32 (B, C, H', W') in [0, 1], or standardised with
+    `cfg.distort="official"`; labels int64) on `device`. The crop corner is placed as
+    torchvision's `CenterCrop` places it.
     """
     num_batches(len(data), batch_size)
     height, width = data.images.shape[-2:]
-    side = _output_size(cfg, int(width))
+    side = output_size(cfg, int(width))
     top = round((height - side) / 2.0)
     left = round((width - side) / 2.0)
 
@@ -393,7 +399,10 @@ def eval_batches(
             images = data.images[start:stop, :, top : top + side, left : left + side]
             # (B, C, side, side) uint8
             labels = data.labels[start:stop].to(device)
-            parts = _parts(data, slice(start, stop), device)
-            yield Batch(_to_float(images.to(device)), labels, parts)
+            parts = digit_parts(data, slice(start, stop), device)
+            floats = to_float(images.to(device))
+            if cfg.distort == "official":  # the official test images are standardised too
+                floats = standardise(floats)
+            yield Batch(floats, labels, parts)
 
     return batches()

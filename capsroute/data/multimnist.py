@@ -9,7 +9,8 @@ deterministically from a seed:
   cycles through a seeded permutation of the split so every digit is used equally often, the
   second is drawn uniformly among the digits of another class) and where each is placed on the
   canvas (`offsets`: top/left corner, 0 ... 2 x shift, i.e. a shift of -4 ... +4 px);
-- `render` turns a plan into the overlaid images (pixel-wise max, as the paper overlays) and,
+- `render` turns a plan into the overlaid images (pixel-wise max by default; `combine="add_clip"`
+  adds the digits and clips at 255, as the official `mnist_shift.py` does) and,
   for the reconstruction targets, each digit alone on its own canvas.
 
 Generation is cached on disk (`cache_dir/multimnist-<split>-<key>.pt`), keyed by every input:
@@ -29,12 +30,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from capsroute.config import COMBINES
 from capsroute.errors import DataError, OutputWriteError
 from capsroute.io import atomic_write_bytes
 
 CACHE_VERSION = 1
 MNIST_SIZE = 28
 SPLITS = ("train", "val", "test")
+MAX_PIXEL = 255
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,11 @@ class MultiMNISTSpec:
     size: int
     shift: int = 4
     seed: int = 0
+    combine: str = "max"  # max, or add_clip (the official code: sum clipped at 255)
 
     def __post_init__(self) -> None:
+        if self.combine not in COMBINES:
+            raise ValueError(f"combine must be one of {COMBINES}, got {self.combine!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.size < 1 or self.shift < 0:
@@ -137,13 +143,20 @@ def render_parts(source: Tensor, plan: MultiMNISTPlan, index: Tensor, canvas: in
     return out
 
 
-def render(source: Tensor, plan: MultiMNISTPlan, canvas: int, chunk: int = 4096) -> Tensor:
-    """The overlaid images of the whole plan, pixel-wise max of both digits: (M, 1, S, S)."""
+def render(
+    source: Tensor, plan: MultiMNISTPlan, canvas: int, chunk: int = 4096, combine: str = "max"
+) -> Tensor:
+    """The overlaid images of the whole plan, (M, 1, S, S) uint8: the pixel-wise max of both
+    digits, or with `combine="add_clip"` their sum clipped at 255 (the official code's)."""
     size = plan.labels.shape[0]
     images = torch.empty(size, 1, canvas, canvas, dtype=torch.uint8)
     for start in range(0, size, chunk):
         index = torch.arange(start, min(start + chunk, size))
-        images[index, 0] = render_parts(source, plan, index, canvas).amax(dim=1)
+        parts = render_parts(source, plan, index, canvas)  # (B, 2, S, S) uint8
+        if combine == "max":
+            images[index, 0] = parts.amax(dim=1)
+        else:
+            images[index, 0] = parts.int().sum(dim=1).clamp_max(MAX_PIXEL).to(torch.uint8)
     return images
 
 
@@ -156,8 +169,11 @@ def fingerprint(images: Tensor, labels: Tensor) -> str:
 
 
 def cache_key(spec: MultiMNISTSpec, source_fingerprint: str) -> str:
+    fields = asdict(spec)
+    if fields["combine"] == "max":  # added later: the sets cached before keep their key
+        del fields["combine"]
     payload = json.dumps(
-        {**asdict(spec), "source": source_fingerprint, "version": CACHE_VERSION}, sort_keys=True
+        {**fields, "source": source_fingerprint, "version": CACHE_VERSION}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -177,7 +193,7 @@ def load_or_generate(
         plan = MultiMNISTPlan(**saved["plan"])
         return MultiMNIST(saved["images"], plan.labels, plan, spec)
     plan = make_plan(source_labels, spec)
-    images = render(source_images.cpu(), plan, spec.canvas)
+    images = render(source_images.cpu(), plan, spec.canvas, combine=spec.combine)
     buffer = io.BytesIO()
     torch.save({"plan": vars(plan), "images": images, "spec": asdict(spec)}, buffer)
     try:

@@ -19,6 +19,6 @@ def build_model(config: Config) -> CapsNet | BaselineCNN:
     if model.kind == "baseline_cnn":
         return BaselineCNN(
             shape, info.num_classes, model.cnn_channels, model.cnn_kernel, model.cnn_hidden,
-            model.cnn_dropout,
+            model.cnn_dropout, model.standardize,
         )  # fmt: skip
     return CapsNet(shape, info.num_classes, model, config.routing, targets=info.targets)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from capsroute.config import ModelConfig
 from capsroute.nn.losses import LossParts
+from capsroute.nn.standardize import standardize_images
 
 PAPER_CHANNELS = (256, 256, 128)
 PAPER_KERNEL = 5
@@ -60,8 +61,10 @@ class BaselineCNN(nn.Module):
         kernel: int = PAPER_KERNEL,
         hidden: Sequence[int] = PAPER_HIDDEN,
         dropout: float = PAPER_DROPOUT,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
+        self.standardize = standardize  # per-image standardisation first (model.standardize)
         in_channels, height, width = input_shape
         self.input_shape, self.num_classes = input_shape, num_classes
         convs: list[nn.Module] = []
@@ -92,7 +95,8 @@ class BaselineCNN(nn.Module):
         reconstruct: bool = True,
     ) -> BaselineOutput:
         """images (B, C, H, W) -> logits (B, K); the other arguments exist for the shared call."""
-        features = self.features(images)  # (B, 128, H, W)
+        inputs = standardize_images(images) if self.standardize else images
+        features = self.features(inputs)  # (B, 128, H, W)
         return BaselineOutput(self.classifier(features.flatten(1)))
 
     def parameter_counts(self) -> dict[str, int]:

@@ -17,12 +17,9 @@ from torch import Tensor, nn
 
 from capsroute.config import ModelConfig, RoutingConfig, iterations_allowed
 from capsroute.nn.losses import LossParts, capsule_loss
+from capsroute.nn.official import official_init, output_size, pad_input
+from capsroute.nn.standardize import standardize_images
 from capsroute.routing import RoutingResult, dynamic_routing, squash
-
-
-def conv_output_size(size: int, kernel: int, stride: int = 1) -> int:
-    """Spatial size after a 'valid' (unpadded) convolution."""
-    return (size - kernel) // stride + 1
 
 
 class _ConvDilatedWeightGrad(torch.autograd.Function):
@@ -86,13 +83,33 @@ class PrimaryCaps(nn.Module):
     """A convolution whose channels are grouped into `types` capsules of `dim` units each.
 
     (B, C_in, H, W) -> (B, types * H' * W', dim), squashed. Channel `t * dim + d` is unit d of
-    capsule type t, as in the official code.
+    capsule type t, as in the official code. `padding` 'same' pads the input as TensorFlow's
+    'SAME' does (uneven). `routed_over` = T, when given, is the official `conv_slim_capsule`:
+    one routing pass over the types from zero logits couples each with 1/T (T = types, or
+    types + 1 with the leak), so u = squash(conv(x) / T + b), with a bias-free convolution and
+    b per (type, unit) added after the scaling. Same parameter count either way.
     """
 
-    def __init__(self, in_channels: int, types: int, dim: int, kernel: int, stride: int) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        types: int,
+        dim: int,
+        kernel: int,
+        stride: int,
+        padding: str = "valid",
+        routed_over: int | None = None,
+    ) -> None:
         super().__init__()
-        self.types, self.dim = types, dim
-        self.conv = nn.Conv2d(in_channels, types * dim, kernel_size=kernel, stride=stride)
+        self.types, self.dim, self.padding = types, dim, padding
+        self.routed_over = routed_over
+        self.conv = nn.Conv2d(
+            in_channels, types * dim, kernel_size=kernel, stride=stride, bias=routed_over is None
+        )
+        self.bias: nn.Parameter | None = None
+        if routed_over is not None:  # as the conv's own bias would be initialised
+            bound = 1 / math.sqrt(in_channels * kernel * kernel)
+            self.bias = nn.Parameter(torch.empty(types * dim).uniform_(-bound, bound))
 
     def convolve(self, x: Tensor) -> Tensor:
         """The convolution alone, (B, C_in, H, W) -> (B, types * dim, H', W'): the CapsNet's
@@ -103,7 +120,11 @@ class PrimaryCaps(nn.Module):
         return conv(x)
 
     def forward(self, x: Tensor) -> Tensor:
+        kernel, stride = self.conv.kernel_size[0], self.conv.stride[0]
+        x = pad_input(x, kernel, stride, self.padding)  # no copy for 'valid'
         out = self.convolve(x)  # (B, types * dim, H', W')
+        if self.bias is not None and self.routed_over is not None:
+            out = out / self.routed_over + self.bias[:, None, None]
         batch, _, height, width = out.shape
         out = out.view(batch, self.types, self.dim, height, width)
         out = out.permute(0, 1, 3, 4, 2).reshape(batch, -1, self.dim)  # (B, N_in, dim)
@@ -140,6 +161,7 @@ class DigitCaps(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_out, out_dim)) if bias else None
         nn.init.trunc_normal_(self.weight, std=weight_std, a=-2 * weight_std, b=2 * weight_std)
         self.generator: torch.Generator | None = None  # random couplings (routing.mode=random)
+        self.leaky = routing.leaky
 
     def reseed(self, seed: int) -> None:
         """Restart the stream of random couplings (`routing.mode=random`) from `seed`."""
@@ -179,10 +201,16 @@ class DigitCaps(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 u_hat = self.predictions(u.float())  # (B, N_in, N_out, out_dim) fp32
                 return dynamic_routing(
-                    u_hat, r, self.routing.grad, diagnostics, bias=self.bias, init_logits=init
+                    u_hat, r, self.routing.grad, diagnostics, self.bias, init, leaky=self.leaky
                 )
         return dynamic_routing(
-            self.predictions(u), r, self.routing.grad, diagnostics, bias=self.bias, init_logits=init
+            self.predictions(u),
+            r,
+            self.routing.grad,
+            diagnostics,
+            self.bias,
+            init,
+            leaky=self.leaky,
         )
 
 
@@ -274,19 +302,25 @@ class CapsNet(nn.Module):
         channels, height, width = input_shape
         self.input_shape, self.num_classes = input_shape, num_classes
         self.targets = targets  # classes per image (MultiMNIST: 2), decoded without labels
+        self.standardize = model.standardize  # per-image standardisation before conv1
         self.conv1 = nn.Conv2d(channels, model.conv1_channels, kernel_size=model.conv1_kernel)
+        self.padding = model.padding
+        routed_over = model.primary_types + int(routing.leaky) if model.primary_routing else None
         self.primary = PrimaryCaps(
             model.conv1_channels,
             model.primary_types,
             model.primary_dim,
             model.primary_kernel,
             model.primary_stride,
+            model.padding,
+            routed_over,
         )
         grid = [
-            conv_output_size(
-                conv_output_size(size, model.conv1_kernel),
+            output_size(
+                output_size(size, model.conv1_kernel, 1, model.padding),
                 model.primary_kernel,
                 model.primary_stride,
+                model.padding,
             )
             for size in (height, width)
         ]
@@ -308,6 +342,18 @@ class CapsNet(nn.Module):
             if model.reconstruction
             else None
         )
+        if model.init == "official":
+            decoder = self.decoder.net if self.decoder is not None else []
+            official_init(
+                self.conv1,
+                self.primary.conv.weight,
+                [
+                    b
+                    for b in (self.primary.bias, self.primary.conv.bias, self.digit.bias)
+                    if b is not None
+                ],
+                [layer for layer in decoder if isinstance(layer, nn.Linear)],
+            )
 
     def forward(
         self,
@@ -324,7 +370,9 @@ class CapsNet(nn.Module):
         and no labels (the T longest capsules), each class is decoded on its own, giving
         (B, T, C*H*W). `iterations` overrides the configured r.
         """
-        features = torch.relu(self.conv1(images))  # (B, 256, 20, 20) for MNIST
+        images = pad_input(images, self.conv1.kernel_size[0], 1, self.padding)
+        inputs = standardize_images(images) if self.standardize else images
+        features = torch.relu(self.conv1(inputs))  # (B, 256, 20, 20) for MNIST
         primary = self.primary(features)  # (B, 1152, 8) for MNIST
         routed = self.digit(primary, iterations, diagnostics)  # v: (B, n_parents, 16)
         capsules = routed.v[:, : self.num_classes]  # drop the none-of-the-above capsule

@@ -22,6 +22,13 @@ def margin_loss(
     return (present + absent).sum(dim=1).mean()
 
 
+def margin_scale(form: str, num_classes: int) -> float:
+    """The factor on Eq. 4's margin loss: 1 for the paper; 1 / (2 K) for the official code, whose
+    `_margin_loss` halves every term and `tf.reduce_mean` averages over the K classes as well as
+    the batch (1/20 for 10 classes), which weights the reconstruction term 20x more."""
+    return 1.0 if form == "paper" else 1.0 / (2 * num_classes)
+
+
 def class_targets(labels: Tensor, num_classes: int) -> Tensor:
     """T (B, K) bool: T_k is set for each class present, from labels (B,) or (B, T)."""
     one_hot = torch.nn.functional.one_hot(labels, num_classes)  # (B, K) or (B, T, K)
@@ -58,8 +65,11 @@ def capsule_loss(
     """The training objective of the paper: margin loss plus 0.0005 x reconstruction loss.
 
     `recon_target` is what the decoder reconstructs: the images, or (MultiMNIST) each digit
-    alone, `data.Batch.recon_target`."""
+    alone, `data.Batch.recon_target`. `cfg.loss_form="official"` scales the margin loss as the
+    official code's `_margin_loss` does (`margin_scale`); the reconstruction term is the same.
+    """
     margin = margin_loss(lengths, labels, cfg.m_plus, cfg.m_minus, cfg.lambda_neg)
+    margin = margin * margin_scale(cfg.loss_form, lengths.shape[1])
     if reconstruction is None:
         return LossParts(margin, margin, None)
     recon = reconstruction_loss(reconstruction, recon_target)

@@ -24,8 +24,9 @@ from capsroute.errors import CapsrouteError, ConfigError
 from capsroute.io import atomic_write_text, read_json
 from capsroute.report import plots
 from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
-from capsroute.report.findings import caveats, eval_sentences, findings, unfinished_sentences
+from capsroute.report.findings import caveats, eval_sentences, findings
 from capsroute.report.paper import ensemble_table, table1
+from capsroute.report.paper_datasets import section7_table
 from capsroute.report.runset import RunSet, load_runs
 from capsroute.run.rundir import ENSEMBLE_FILE
 
@@ -55,6 +56,7 @@ class Report:
     # the paper's own tables beside ours (capsroute.paper); empty when nothing matches
     paper_table1: pd.DataFrame = field(default_factory=pd.DataFrame)
     ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)
+    paper_section7: pd.DataFrame = field(default_factory=pd.DataFrame)  # smallNORB, SVHN
 
 
 def parse_formats(text: str) -> list[str]:
@@ -129,14 +131,14 @@ def make_report(
             *caveats(
                 runs["run"].nunique(),
                 runset.found,
-                len(runset.warnings),
+                runset.warnings,
                 validated=bool(runs["val_best_epoch"].notna().any()),
             ),
-            *unfinished_sentences(runset.warnings),
         ],
         metric=column,
         paper_table1=table1(runs, runset.configs),
         ensembles=ensemble_table(read_ensembles(inputs)),
+        paper_section7=section7_table(runs, runset.configs),
     )
     figures = draw_figures(report)
     report.files = [*figures, *write_outputs(report, formats, figures)]
@@ -363,11 +365,18 @@ def read_ensembles(paths: Sequence[Path]) -> list[dict[str, object]]:
 
 TABLE1_TITLE = "Sabour et al. (2017), Table 1: MNIST test error (%), ours beside the paper's"
 ENSEMBLE_TITLE = "Ensembles: test error (%) of the averaged class-capsule lengths"
+SECTION7_TITLE = (
+    "Sabour et al. (2017), Section 7: smallNORB and SVHN test error (%), ours beside the paper's"
+)
 
 
 def paper_sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
     """The paper-layout tables that have data: (title, display frame)."""
-    sections = [(TABLE1_TITLE, report.paper_table1), (ENSEMBLE_TITLE, report.ensembles)]
+    sections = [
+        (TABLE1_TITLE, report.paper_table1),
+        (SECTION7_TITLE, report.paper_section7),
+        (ENSEMBLE_TITLE, report.ensembles),
+    ]
     return [(title, frame) for title, frame in sections if not frame.empty]
 
 
@@ -398,6 +407,8 @@ def write_outputs(report: Report, formats: Sequence[str], figures: list[Path]) -
             put("table1.csv", report.paper_table1.to_csv(index=False))
         if not report.ensembles.empty:
             put("ensembles.csv", report.ensembles.to_csv(index=False))
+        if not report.paper_section7.empty:
+            put("section7.csv", report.paper_section7.to_csv(index=False))
     if "md" in formats:
         put("summary.md", _markdown(summary) + "\n")
         put("report.md", report_markdown(report, summary, comparison, figures))

@@ -201,11 +201,13 @@ def _slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
 
 
-def caveats(used: int, found: int, left_out: int, validated: bool = False) -> list[str]:
+def caveats(used: int, found: int, warnings: pd.DataFrame, validated: bool = False) -> list[str]:
     """Sentences about what the numbers rest on, true for any data.
 
-    `validated`: some runs held out a validation split, whose best epoch is an honest choice.
+    `warnings`: the runs left out (`RunSet.warnings`); `validated`: some runs held out a
+    validation split, whose best epoch is an honest choice.
     """
+    left_out = len(warnings)
     lines = [
         f"{used} of {found} run directories are used; {left_out} are left out "
         "(see the warnings table)."
@@ -220,7 +222,7 @@ def caveats(used: int, found: int, left_out: int, validated: bool = False) -> li
             "'Test acc at best-val epoch' chooses the epoch on the validation split held out of "
             "the training images (dataset.val_size), so it is an honest held-out choice."
         )
-    return lines
+    return lines + unfinished_sentences(warnings)
 
 
 def unfinished_sentences(warnings: pd.DataFrame) -> list[str]:

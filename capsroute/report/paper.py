@@ -82,7 +82,7 @@ def table1(runs: pd.DataFrame, configs: Mapping[str, Mapping[str, Any]]) -> pd.D
                 "routing": "–" if paper.routing is None else paper.routing,
                 "reconstruction": _yes_no(paper.reconstruction),
                 "n": len(cell),
-                "test error % (ours)": _error_text(errors),
+                "test error % (ours)": error_text(errors),
                 "test error % (paper)": _paper_text(paper),
                 "training": _training_text([configs.get(str(run.run), {}) for run in cell]),
             }
@@ -114,7 +114,7 @@ def _yes_no(value: bool | None) -> str:
     return "–" if value is None else ("yes" if value else "no")
 
 
-def _error_text(errors: Sequence[float], std_digits: int = 3) -> str:
+def error_text(errors: Sequence[float], std_digits: int = 3) -> str:
     """Mean ± sample std (2 decimals; the std with `std_digits`, 3 as in Table 1); '–' without
     runs."""
     if not errors:
@@ -172,7 +172,7 @@ def ensemble_table(results: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                 "models": len(members),
                 "test images": result.get("images"),
                 "ensemble error % (ours)": f"{100 * float(result['error']):.2f}",
-                "members' error % (mean ± std)": _error_text(members, std_digits=2),
+                "members' error % (mean ± std)": error_text(members, std_digits=2),
                 "ensemble error % (paper)": (
                     f"{CIFAR10_ENSEMBLE_ERROR:.1f} ({CIFAR10_ENSEMBLE_MODELS} models)"
                     if dataset == "cifar10"

@@ -357,14 +357,19 @@ def _drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[dict[str, str]]]:
 
 
 def swept_axes(configs: list[dict[str, Any]]) -> list[str]:
-    """Config keys, besides dataset/r/seed and bookkeeping, whose values differ between runs."""
+    """Config keys, besides dataset/r/seed and bookkeeping, whose values differ between runs
+    of the same dataset: what a dataset's own group sets (CIFAR-10's crop, SVHN's smaller
+    network) differs between datasets but is no axis within one, and would split the panels."""
     keys = sorted({key for config in configs for key in config})
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for config in configs:
+        by_dataset.setdefault(str(config.get("dataset.name")), []).append(config)
     return [
         key
         for key in keys
         if not _bookkeeping(key)
         and key not in FIXED_AXES.values()
-        and len({repr(config.get(key)) for config in configs}) > 1
+        and any(len({repr(c.get(key)) for c in group}) > 1 for group in by_dataset.values())
     ]
 
 

@@ -35,6 +35,8 @@ def dynamic_routing(
     diagnostics: bool = True,
     bias: Tensor | None = None,
     init_logits: Tensor | None = None,
+    *,
+    leaky: bool = False,
 ) -> RoutingResult:
     """Route predictions û (B, N_in, N_out, D) to parents with r = `iterations` (Procedure 1).
 
@@ -48,6 +50,9 @@ def dynamic_routing(
     `init_logits` (B, N_in, N_out), if given, replaces the zeros b_ij starts from; it is a
     constant (no gradient flows into it). `routing.mode=random` passes random logits with
     r = 1.
+    `leaky=True` is the official code's leaky routing: a constant logit 0 joins every softmax
+    over parents and is dropped, c_ij = e^b_ij / (1 + sum_k e^b_ik); the result's `c` is then
+    the non-leak part, whose rows sum to less than 1.
     On the CPU, float32 û is routed by a compiled kernel where one can be built, anything else
     in cache-sized blocks of examples (`capsroute.routing.cpu`).
     """
@@ -62,10 +67,13 @@ def dynamic_routing(
         init_t = init_logits.detach().transpose(1, 2).to(accumulation_dtype(u_hat)).contiguous()
     # the CPU paths build on this module's torch routing, so they are imported when used
 
-    outputs = route_on_cpu(u_hat, bias, iterations, grad == "all", diagnostics, init_t)
+    through_all = grad == "all"
+    outputs = route_on_cpu(u_hat, bias, iterations, through_all, diagnostics, init_t, leaky)
     if outputs is None:  # CUDA, MPS: the whole batch at once
         u_t = u_hat.transpose(1, 2).contiguous()  # (B, N_out, N_in, D)
-        outputs = WholeBatchRouting.apply(u_t, bias, iterations, grad == "all", diagnostics, init_t)
+        outputs = WholeBatchRouting.apply(
+            u_t, bias, iterations, through_all, diagnostics, init_t, leaky
+        )
     v, c_t, delta_b, entropy, max_c, polarised, lengths = outputs
     return RoutingResult(
         v=v,

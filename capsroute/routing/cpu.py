@@ -53,16 +53,19 @@ def route_on_cpu(
     grad_all: bool,
     diagnostics: bool,
     init_t: Tensor | None,
+    leaky: bool = False,
 ) -> tuple[Tensor, ...] | None:
     """`capsroute.routing.WholeBatchRouting`'s outputs for û (B, N_in, N_out, D) on the CPU, by the
-    kernel or in blocks; None off the CPU (the caller routes the whole batch at once)."""
+    kernel or in blocks; None off the CPU (the caller routes the whole batch at once).
+    `leaky`: the official code's leaky couplings (`reference.couple`), on either path."""
     kernel = _cpu_kernel(u_hat, bias)
+    args = (u_hat, bias, iterations, grad_all, diagnostics, init_t, leaky)
     if kernel is not None:
-        return _KernelRouting.apply(u_hat, bias, iterations, grad_all, diagnostics, init_t, kernel)
+        return _KernelRouting.apply(*args, kernel)
     block = _cpu_block_size(u_hat)
     if block is None:
         return None
-    return _BlockedRouting.apply(u_hat, bias, iterations, grad_all, diagnostics, init_t, block)
+    return _BlockedRouting.apply(*args, block)
 
 
 CPU_BLOCK_BYTES: int | None = 4 * 2**20
@@ -189,6 +192,7 @@ class _BlockedRouting(torch.autograd.Function):
         through_all: bool,
         diagnostics: bool,
         init_logits: Tensor | None,
+        leaky: bool,
         block: int,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         batch, n_in, n_out, dim = u_hat.shape
@@ -210,7 +214,7 @@ class _BlockedRouting(torch.autograd.Function):
                     u_t[part].copy_(u_hat[part].transpose(1, 2))
                 init = None if init_logits is None else init_logits[part]
                 sinks = tuple([t[part] for t in ts] for ts in (couplings, pre_squash, outputs))
-                return route(u_t[part], bias, iterations, diagnostics, init, sinks)[3]
+                return route(u_t[part], bias, iterations, diagnostics, init, sinks, leaky)[3]
 
         for start, block_stats in zip(
             range(0, batch, block), _run_blocks(route_block, batch, block), strict=True
@@ -259,7 +263,7 @@ class _BlockedRouting(torch.autograd.Function):
                 )[1]
 
         grad_bias = torch.stack(_run_blocks(block_backward, u_t.shape[0], block)).sum(dim=0)
-        return grad_u_hat, bias_gradient(ctx, grad_bias), None, None, None, None, None
+        return grad_u_hat, bias_gradient(ctx, grad_bias), None, None, None, None, None, None
 
 
 CPU_KERNEL = os.environ.get("CAPSROUTE_ROUTING_KERNEL", "1") != "0"
@@ -319,7 +323,7 @@ def _build_kernel(n_out: int, dim: int) -> Any:
             log.debug("routing kernel with %s: %s", " ".join(flags), error)
             continue
         pointer, size = ctypes.c_void_p, ctypes.c_int64
-        library.routing_forward.argtypes = [pointer, *[size] * 7, *[pointer] * 6]
+        library.routing_forward.argtypes = [pointer, *[size] * 7, ctypes.c_int, *[pointer] * 6]
         library.routing_backward.argtypes = [
             pointer, *[size] * 7, ctypes.c_int, *[pointer] * 5, size, size, pointer
         ]  # fmt: skip
@@ -397,6 +401,7 @@ class _KernelRouting(torch.autograd.Function):
         through_all: bool,
         diagnostics: bool,
         init_logits: Tensor | None,
+        leaky: bool,
         kernel: Any,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         u = _rows_contiguous(u_hat)
@@ -410,7 +415,7 @@ class _KernelRouting(torch.autograd.Function):
         def route(part: slice) -> None:
             status = kernel.routing_forward(
                 u.data_ptr(), batch, n_in, u.stride(0), u.stride(1), part.start, part.stop, r,
-                _pointer(bias_rows), _pointer(init_logits),
+                int(leaky), _pointer(bias_rows), _pointer(init_logits),
                 c_all.data_ptr(), s_all.data_ptr(), v_all.data_ptr(), _pointer(delta),
             )  # fmt: skip
             if status:
@@ -453,7 +458,8 @@ class _KernelRouting(torch.autograd.Function):
                 raise MemoryError("routing kernel: out of memory")
 
         _run_blocks(backward, batch, _kernel_block(batch))
-        return grad_u, bias_gradient(ctx, grad_bias.sum(dim=0)), None, None, None, None, None
+        grad_bias_total = bias_gradient(ctx, grad_bias.sum(dim=0))
+        return grad_u, grad_bias_total, None, None, None, None, None, None
 
 
 def _rows_contiguous(u_hat: Tensor) -> Tensor:

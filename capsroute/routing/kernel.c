@@ -83,8 +83,9 @@ static inline float exp_nonpositive(float x) {
     return p * scale;
 }
 
-/* c[j, i] = softmax over j of logits[j, i] for i in [i0, i1); both (J, I). */
-static void softmax_tile(const float *logits, float *c, i64 I, i64 i0, i64 i1) {
+/* c[j, i] = softmax over j of logits[j, i] for i in [i0, i1); both (J, I). leaky: a constant
+   logit 0 joins the softmax and its share is dropped, c = e^b / (1 + sum_j e^b_j). */
+static void softmax_tile(const float *logits, float *c, i64 I, i64 i0, i64 i1, int leaky) {
     float mx[TILE], sum[TILE];
     i64 n = i1 - i0;
     for (i64 t = 0; t < n; t++) { mx[t] = logits[i0 + t]; sum[t] = 0.0f; }
@@ -92,6 +93,11 @@ static void softmax_tile(const float *logits, float *c, i64 I, i64 i0, i64 i1) {
         const float *row = logits + j * I + i0;
         for (i64 t = 0; t < n; t++) mx[t] = row[t] > mx[t] ? row[t] : mx[t];
     }
+    if (leaky)
+        for (i64 t = 0; t < n; t++) {
+            mx[t] = mx[t] > 0.0f ? mx[t] : 0.0f;
+            sum[t] = exp_nonpositive(-mx[t]);
+        }
     for (int j = 0; j < J; j++) {
         const float *row = logits + j * I + i0;
         float *out = c + j * I + i0;
@@ -148,9 +154,11 @@ static void gather(float *dst, const float *src, i64 si, i64 I) {
 
 /* Examples [b0, b1) of B: c (r, B, J, I), s and v (r, B, J, D) written; delta (B, r) or NULL:
    per example and iteration, the sum over (j, i) of |u_ji . v_j|; bias (J, D) or NULL; init
-   (B, J, I) or NULL: the starting logits (zeros). Returns 0, or 1 when out of memory. */
+   (B, J, I) or NULL: the starting logits (zeros); leaky: leaky couplings (softmax_tile).
+   Returns 0, or 1 when out of memory. The backward pass is the same with or without the leak:
+   dc_j/db_k = c_j (delta_jk - c_k) either way. */
 int routing_forward(const float *u, i64 B, i64 I, i64 sb, i64 si, i64 b0, i64 b1, i64 r,
-                    const float *bias, const float *init, float *c_all, float *s_all,
+                    int leaky, const float *bias, const float *init, float *c_all, float *s_all,
                     float *v_all, double *delta) {
     float *logits = malloc(sizeof(float) * J * I), *ub = malloc(sizeof(float) * I * J * D);
     if (!logits || !ub) { free(logits); free(ub); return 1; }
@@ -162,7 +170,7 @@ int routing_forward(const float *u, i64 B, i64 I, i64 sb, i64 si, i64 b0, i64 b1
         memset(s0, 0, sizeof(float) * J * D);
         for (i64 i0 = 0; i0 < I; i0 += TILE) {
             i64 i1 = i0 + TILE < I ? i0 + TILE : I;
-            softmax_tile(logits, c0, I, i0, i1);
+            softmax_tile(logits, c0, I, i0, i1, leaky);
             weighted_sum_tile(ub, J * D, c0, I, i0, i1, s0);
         }
         if (bias) for (int e = 0; e < J * D; e++) s0[e] += bias[e];
@@ -185,7 +193,7 @@ int routing_forward(const float *u, i64 B, i64 I, i64 sb, i64 si, i64 b0, i64 b1
                     if (next) for (i64 t = 0; t < i1 - i0; t++) logits[j * I + i0 + t] += a[t];
                 }
                 if (!next) continue;
-                softmax_tile(logits, cn, I, i0, i1);
+                softmax_tile(logits, cn, I, i0, i1, leaky);
                 weighted_sum_tile(ub, J * D, cn, I, i0, i1, sn);
             }
             if (sn && bias) for (int e = 0; e < J * D; e++) sn[e] += bias[e];

@@ -4,6 +4,11 @@ For every example, lower capsule i and parent capsule j, the logits b_ij start a
 
     c_i = softmax_j(b_i);  s_j = sum_i c_ij û_j|i;  v_j = squash(s_j);  b_ij += û_j|i · v_j
 
+With `leaky` (the official code's leaky routing) a constant logit 0 joins every softmax over
+parents and its column is dropped: c_ij = e^b_ij / (1 + sum_k e^b_ik), so sum_j c_ij < 1 and
+the leaked share of û is routed nowhere. Its Jacobian over the real logits has the softmax's
+form, ∂c_ij/∂b_ik = c_ij (δ_jk - c_ik), so the backward pass below serves both.
+
 The routing controls of `routing.mode` are this same function with r = 1: `uniform` is exactly
 Procedure 1 with one iteration (every c_ij = 1/N_out), and `random` starts from given random
 logits instead of 0 (`init_logits`, constants), so c_i = softmax_j(random b_i) and no agreement
@@ -107,6 +112,17 @@ def coupling_stats(c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return entropy, strongest.mean(), (strongest > POLARISED).to(c.dtype).mean()
 
 
+def couple(logits: Tensor, leaky: bool, out: Tensor | None = None) -> Tensor:
+    """Coupling coefficients from logits (B, J, I): softmax over the parents j (dim 1), or with
+    `leaky` the softmax over [0, b_1i .. b_Ji] without its first (leak) column."""
+    if not leaky:
+        return torch.softmax(logits, dim=1, out=out) if out is not None else logits.softmax(1)
+    top = logits.amax(dim=1, keepdim=True).clamp_min(0.0)  # (B, 1, I): max(0, max_j b_ji)
+    exp = torch.exp(logits - top)  # (B, J, I)
+    c = exp / (torch.exp(-top) + exp.sum(dim=1, keepdim=True))
+    return c if out is None else out.copy_(c)
+
+
 def route(
     u: Tensor,
     bias: Tensor,
@@ -114,6 +130,7 @@ def route(
     diagnostics: bool,
     logits: Tensor | None,
     out: tuple[list[Tensor], list[Tensor], list[Tensor]] | None = None,
+    leaky: bool = False,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[tuple[Tensor, ...]]]:
     """Procedure 1 on û laid out as (B, J, I, D), contiguous, from logits (B, J, I) or zeros.
 
@@ -121,6 +138,7 @@ def route(
     and (with `diagnostics`, else empty) the means over these examples of |Δb|, the entropy
     of c, max_j c and the polarised fraction. `out`, if given, holds the r tensors each of c,
     s and v to write into (views of whole-batch tensors), so they need no copy afterwards.
+    `leaky`: the official code's leaky couplings (`couple`).
     """
     batch, n_out, n_in, _ = u.shape
     acc_dtype = accumulation_dtype(u)
@@ -132,11 +150,11 @@ def route(
     stats: list[tuple[Tensor, ...]] = []
     for k in range(iterations):
         if out is None:
-            c = torch.softmax(logits, dim=1)  # over parents j, (B, J, I)
+            c = couple(logits, leaky)  # over parents j, (B, J, I)
             s = weighted_sum(c, u) + bias  # (B, J, D)
             v = squash(s)
         else:
-            c = torch.softmax(logits, dim=1, out=out[0][k])
+            c = couple(logits, leaky, out=out[0][k])
             s = torch.add(weighted_sum(c, u), bias, out=out[1][k])
             v = torch.mul(s, squash_scale(s), out=out[2][k])
         couplings.append(c)
@@ -188,7 +206,7 @@ def route_backward(
         grad_bias = grad_bias + grad_s.sum(dim=0)
         coefficients.append(couplings[k])
         vectors.append(grad_s)
-        if k > first:  # c_k = softmax_j(b_{k-1}); b_{-1} (0 or given) is a constant
+        if k > first:  # c_k = softmax_j(b_{k-1}) (leaky or not); b_{-1} is a constant
             c = couplings[k]
             grad_c = agreement(u, grad_s)
             grad_b = c * (grad_c - (c * grad_c).sum(dim=1, keepdim=True))
@@ -226,11 +244,12 @@ class WholeBatchRouting(torch.autograd.Function):
         through_all: bool,
         diagnostics: bool,
         init_logits: Tensor | None = None,
+        leaky: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
         with torch.autocast(u.device.type, enabled=False):
             acc_dtype = accumulation_dtype(u)
             couplings, pre_squash, outputs, stats = route(
-                u, bias, iterations, diagnostics, init_logits
+                u, bias, iterations, diagnostics, init_logits, leaky=leaky
             )
             delta_b, entropy, max_c, polarised = (
                 torch.zeros(iterations, dtype=acc_dtype, device=u.device) for _ in range(4)
@@ -254,7 +273,7 @@ class WholeBatchRouting(torch.autograd.Function):
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, grad_v: Tensor, *_: Any
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
         r = ctx.iterations
         u, *rest = ctx.saved_tensors
         couplings, pre_squash, outputs = rest[:r], rest[r : 2 * r], rest[2 * r :]
@@ -262,7 +281,7 @@ class WholeBatchRouting(torch.autograd.Function):
             grad_u, grad_bias = route_backward(
                 u, couplings, pre_squash, outputs, grad_v, ctx.through_all
             )
-        return grad_u, bias_gradient(ctx, grad_bias), None, None, None, None
+        return grad_u, bias_gradient(ctx, grad_bias), None, None, None, None, None
 
 
 def squash_backward_closed_form(s: Tensor, grad_v: Tensor) -> Tensor:

@@ -30,10 +30,12 @@ from capsroute.config import Config, ModelConfig, config_to_dict, resume_conflic
 from capsroute.data.batches import (
     Batch,
     Splits,
+    input_shape,
     make_splits,
     num_batches,
     train_batches,
 )
+from capsroute.data.epoch_loader import epoch_batches
 from capsroute.device import (
     autocast,
     grad_scaler,
@@ -48,6 +50,13 @@ from capsroute.nn.losses import LossParts
 from capsroute.run import rundir
 from capsroute.run.checkpoint import load_checkpoint, save_checkpoint
 from capsroute.run.evaluate import EvalResult, evaluate
+from capsroute.run.graph_step import (
+    GraphedTrainStep,
+    capturable_adam,
+    graphed_pass,
+    portable_optimizer_state,
+    uses_graph,
+)
 from capsroute.run.record import (
     TrainState,
     finish_summary,
@@ -56,8 +65,8 @@ from capsroute.run.record import (
     stops_early,
     write_summary,
 )
-from capsroute.run.trackers import open_trackers, require_extras
-from capsroute.run.trackers.base import epoch_values
+from capsroute.run.schedule import lr_multiplier
+from capsroute.run.trackers import epoch_values, open_trackers
 
 log = logging.getLogger("capsroute")
 
@@ -92,7 +101,6 @@ def train_run(config: Config, run_dir: Path, console: Console | None = None) -> 
 
 
 def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, Any]:
-    require_extras(config)  # a missing tracker extra stops before any work
     device = setup_torch(config)
     checkpoint_path = run_dir / rundir.CHECKPOINT_FILE
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
@@ -102,9 +110,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: config.train.lr_decay_rate ** (step / config.train.lr_decay_steps)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config.train))
     scaler = grad_scaler(device, config.train.precision)
     state = TrainState(epoch=0, step=0, metrics=[], routing=[], wall_seconds=0.0)
     if checkpoint is not None:
@@ -114,6 +120,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         scaler.load_state_dict(checkpoint["scaler"])
         state = TrainState(**checkpoint["state"])
         log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
+    step_fn: torch.nn.Module | GraphedTrainStep
     step_fn = torch.compile(model) if config.train.compile else model
     summary = new_summary(config, run_dir, model, device, splits)
     patience = config.train.early_stopping_patience
@@ -121,6 +128,10 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
         return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
     write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+    if uses_graph(config, device):  # same steps, replayed from one CUDA graph
+        optimizer = capturable_adam(optimizer, torch.zeros((), device=device))
+        batch_shape = (config.train.batch_size, *input_shape(config.dataset))
+        step_fn = GraphedTrainStep(model, optimizer, config, batch_shape, state.step).prepare()
     trackers = open_trackers(config, run_dir, state.metrics, state.routing)
     try:
         with stop_on_signals():
@@ -142,22 +153,19 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
                     log.info("no better validation accuracy for %d epochs: stopping", patience)
                     break
     except InterruptedRunError as exc:
-        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
-        trackers.finish(summary)
+        trackers.finish(record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc)))
         raise
     except KeyboardInterrupt as exc:
-        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")
-        trackers.finish(summary)
+        trackers.finish(
+            record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")
+        )
         raise InterruptedRunError(
             f"interrupted after epoch {state.epoch}; run the same command to resume"
         ) from exc
     except Exception as exc:
-        record_stop(summary, state, rundir.STATUS_FAILED, run_dir, one_line(exc))
-        trackers.finish(summary)
+        trackers.finish(record_stop(summary, state, rundir.STATUS_FAILED, run_dir, one_line(exc)))
         raise
-    summary = finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
-    trackers.finish(summary)
-    return summary
+    return trackers.finish(finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir))
 
 
 def setup_torch(config: Config) -> torch.device:
@@ -174,8 +182,8 @@ def setup_torch(config: Config) -> torch.device:
         keep_cpu_memory_mapped()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.train.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = config.train.tf32
+        torch.backends.cudnn.allow_tf32 = config.train.tf32
     return device
 
 
@@ -222,7 +230,7 @@ def run_epoch(
     config: Config,
     epoch: int,
     model: CapsNet,
-    step_fn: torch.nn.Module,
+    step_fn: torch.nn.Module | GraphedTrainStep,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler,
@@ -245,8 +253,15 @@ def run_epoch(
     model.train()
     seen = 0
     started = time.perf_counter()
+    loader = epoch_batches if device.type == "cuda" else train_batches  # same batches, no syncs
+    epoch_data = loader(splits.train, dataset, train.batch_size, generator, device)
     with epoch_progress(console, epoch, config.train.epochs, batches, train.progress) as advance:
-        for batch in train_batches(splits.train, dataset, train.batch_size, generator, device):
+        if isinstance(step_fn, GraphedTrainStep):
+            lr = schedule.get_last_lr()[0]
+            means, bad_step = graphed_pass(step_fn, epoch_data, schedule, state, advance)
+            loss, margin, recon, correct = means
+            first_bad_step = torch.tensor(bad_step)
+        for batch in () if isinstance(step_fn, GraphedTrainStep) else epoch_data:
             out, parts = train_step(
                 step_fn,
                 optimizer,
@@ -278,7 +293,8 @@ def run_epoch(
             seen += n
             advance(totals[0] / seen, state.step)
     train_seconds = time.perf_counter() - started
-    loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
+    if not isinstance(step_fn, GraphedTrainStep):
+        loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"training loss became {loss} in epoch {epoch} at step {int(first_bad_step)}; the "
@@ -403,7 +419,7 @@ def save_epoch(
         {
             "config": config_to_dict(config),
             "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
+            "optimizer": portable_optimizer_state(optimizer, schedule.get_last_lr()),
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict(),
             "state": vars(state),

@@ -8,6 +8,10 @@ model, feeds it synthetic images of the dataset's shape (no dataset files are ne
   autocast, margin + reconstruction loss, backward, Adam step).
 * `eval`: `capsroute.run.evaluate.classify` (no gradients, no decoder).
 
+Train rows come in two variants (`--variants`): `eager`, the step above, and `graph`, the same
+step captured as one CUDA graph (`capsroute.run.graph_step`, what `train.cuda_graph=true`
+trains with; CUDA, fp32/bf16 only).
+
 FLOPs per image are counted analytically from the layer shapes (`flop_counts`); a training
 step counts 3x the forward pass. The ceiling is measured in the same run: the model's own
 PrimaryCaps convolution (its dominant cost), forward + backward alone at the same batch size and
@@ -30,7 +34,7 @@ import math
 import resource
 import statistics
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -51,11 +55,14 @@ from capsroute.device import (
 )
 from capsroute.errors import ConfigError
 from capsroute.nn import build_model
-from capsroute.nn.capsnet import CapsNet, conv_output_size
+from capsroute.nn.capsnet import CapsNet
+from capsroute.nn.official import output_size, pad_for
 from capsroute.run.evaluate import classify
+from capsroute.run.graph_step import bench_replay, graph_unsupported
 from capsroute.run.train import setup_torch, train_step
 
 MODES = ("train", "eval")
+VARIANTS = ("eager", "graph")
 log = logging.getLogger("capsroute")
 _PROC_STATUS = Path("/proc/self/status")
 _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -97,8 +104,9 @@ def flop_counts(
     are O(N_in * N_out), below 1% of the total).
     """
     channels, height, width = shape
-    h1, w1 = (conv_output_size(s, model.conv1_kernel) for s in (height, width))
-    h2, w2 = (conv_output_size(s, model.primary_kernel, model.primary_stride) for s in (h1, w1))
+    pad, kernel, stride = model.padding, model.primary_kernel, model.primary_stride
+    h1, w1 = (output_size(s, model.conv1_kernel, 1, pad) for s in (height, width))
+    h2, w2 = (output_size(s, kernel, stride, pad) for s in (h1, w1))
     primary_channels = model.primary_types * model.primary_dim
     n_in = model.primary_types * h2 * w2
     n_out = num_classes + int(model.none_of_the_above)
@@ -175,6 +183,7 @@ class BenchRow:
     """One measured configuration (the `--json` rows)."""
 
     mode: str
+    variant: str  # eager, or graph (the train step replayed from a CUDA graph)
     iters: int
     batch_size: int
     precision: str
@@ -223,9 +232,12 @@ def measure_ceiling(
     FLOPs), at this batch size and precision: what the hardware gives the dominant layer."""
     conv = model.primary.conv
     _, height, width = model.input_shape
-    side = [conv_output_size(s, model.conv1.kernel_size[0]) for s in (height, width)]
-    features = torch.rand(batch, conv.in_channels, *side, device=device, requires_grad=True)
-    out_side = [conv_output_size(s, conv.kernel_size[0], conv.stride[0]) for s in side]
+    kernel, stride, padding = conv.kernel_size[0], conv.stride[0], model.padding
+    side = [output_size(s, model.conv1.kernel_size[0], 1, padding) for s in (height, width)]
+    left, right, top, bottom = pad_for(side[0], side[1], kernel, stride, padding)
+    padded = (side[0] + top + bottom, side[1] + left + right)  # what convolve() is given
+    features = torch.rand(batch, conv.in_channels, *padded, device=device, requires_grad=True)
+    out_side = [output_size(s, kernel, stride, padding) for s in side]
     flops = 3.0 * 2 * conv.in_channels * conv.kernel_size[0] ** 2 * conv.out_channels
     flops *= out_side[0] * out_side[1] * batch
 
@@ -276,7 +288,11 @@ def bench_config(
     r = config.routing.iterations
     step_fn = torch.compile(model) if config.train.compile else model
     memory = PeakMemory(device)
-    if mode == "train":
+    graphed = mode == "train" and config.train.cuda_graph
+    if graphed:
+        step = bench_replay(replace(config, train=replace(config.train, precision=precision)),
+                            model, data)  # fmt: skip
+    elif mode == "train":
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
         scaler = grad_scaler(device, precision)
@@ -297,6 +313,7 @@ def bench_config(
     achieved = per_image * batch / seconds
     return BenchRow(
         mode=mode,
+        variant="graph" if graphed else "eager",
         iters=r,
         batch_size=batch,
         precision=precision,
@@ -329,10 +346,12 @@ def run_bench(
     precisions: Iterable[str],
     steps: int = 5,
     warmup: int = 2,
-    modes: Iterable[str] = MODES,
+    modes: Sequence[str] = MODES,
     progress: Callable[[BenchRow], None] | None = None,
+    variants: Iterable[str] = ("eager",),
 ) -> list[BenchRow]:
-    """Measure every (batch size, precision, mode, r) on `config`'s device; one row each.
+    """Measure every (batch size, precision, mode, variant, r) on `config`'s device; one row
+    each (eval rows only for the eager variant: the graph is a train-step variant).
 
     The ceiling is measured once per (batch size, precision), just before its rows.
     `progress`, if given, is called with each row as soon as it is measured.
@@ -340,7 +359,12 @@ def run_bench(
     if steps < 1 or warmup < 0:
         raise ConfigError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     device = setup_torch(config)
-    precisions = list(precisions)
+    precisions, variants = list(precisions), list(variants)
+    if "graph" in variants and "train" in modes:  # refuse before measuring anything
+        for precision in precisions:
+            at_precision = replace(config, train=replace(config.train, precision=precision))
+            if (reason := graph_unsupported(at_precision, device)) is not None:
+                raise ConfigError(f"--variants graph: {reason}")
     if device.type == "cpu" and "bf16" in precisions and not cpu_has_fast_bf16():
         log.warning("this CPU has no native bf16 (oneDNN emulates it): bf16 will be slow")
     rows: list[BenchRow] = []
@@ -350,13 +374,18 @@ def run_bench(
             ceiling = measure_ceiling(
                 build_model(config).to(device), batch, precision, device, warmup, steps
             )
-            for mode in modes:
-                for r in iterations:
-                    cfg = replace(config, routing=replace(config.routing, iterations=r))
-                    row = bench_config(cfg, mode, batch, precision, device, ceiling, warmup, steps)
-                    rows.append(row)
-                    if progress is not None:
-                        progress(row)
+            for mode, variant, r in itertools.product(modes, variants, iterations):
+                if mode == "eval" and variant != "eager":
+                    continue
+                cfg = replace(
+                    config,
+                    routing=replace(config.routing, iterations=r),
+                    train=replace(config.train, cuda_graph=variant == "graph"),
+                )
+                row = bench_config(cfg, mode, batch, precision, device, ceiling, warmup, steps)
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
     return rows
 
 
@@ -376,6 +405,7 @@ def results_table(rows: list[BenchRow]) -> Table:
     table = Table(title=f"capsroute bench ({rows[0].device_name})" if rows else "capsroute bench")
     columns: list[tuple[str, Any]] = [
         ("mode", lambda r, _: r.mode),
+        ("variant", lambda r, _: r.variant),
         ("r", lambda r, _: str(r.iters)),
         ("batch", lambda r, _: str(r.batch_size)),
         ("prec", lambda r, _: r.precision),
@@ -390,7 +420,7 @@ def results_table(rows: list[BenchRow]) -> Table:
         ("loader", lambda r, _: "-" if r.loader_fraction is None else _pct(r.loader_fraction)),
     ]
     for name, _ in columns:
-        table.add_column(name, justify="left" if name in ("mode", "prec") else "right")
+        table.add_column(name, justify="left" if name in ("mode", "variant", "prec") else "right")
     for row in rows:
         base = _relative_to_r1(row, rows)
         table.add_row(*(render(row, base) for _, render in columns))
@@ -402,10 +432,12 @@ def _pct(value: float) -> str:
 
 
 def _relative_to_r1(row: BenchRow, rows: list[BenchRow]) -> float | None:
-    """This row's step time over that of r = 1 with the same mode, batch and precision."""
+    """This row's step time over that of r = 1 with the same mode, variant, batch and
+    precision."""
     for other in rows:
-        same = (other.mode, other.batch_size, other.precision) == (
+        same = (other.mode, other.variant, other.batch_size, other.precision) == (
             row.mode,
+            row.variant,
             row.batch_size,
             row.precision,
         )

@@ -87,10 +87,20 @@ def predict(model: CapsNet, images: Tensor, iterations: int | None = None) -> An
     return model(images, labels=None, iterations=iterations)
 
 
+RGB = 3  # channels drawn as one colour image
+
+
 def _pixels(flat: Tensor, shape: tuple[int, int, int]) -> np.ndarray:
-    """(C*H*W,) or (C, H, W) in [0, 1] -> an (H, W) or (H, W, 3) array imshow draws as is."""
+    """(C*H*W,) or (C, H, W) in [0, 1] -> an (H, W) or (H, W, 3) array imshow draws as is.
+
+    One channel is grey, three are RGB; any other count (smallNORB's 2 stereo views) is drawn
+    as grey channels side by side, (H, C*W)."""
     image = flat.reshape(shape).clamp(0, 1).cpu().numpy()
-    return image[0] if shape[0] == 1 else image.transpose(1, 2, 0)
+    if shape[0] == 1:
+        return image[0]
+    if shape[0] == RGB:
+        return image.transpose(1, 2, 0)
+    return np.concatenate(list(image), axis=1)
 
 
 def _montage(images: Tensor, gap: int = 1) -> np.ndarray:

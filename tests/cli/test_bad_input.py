@@ -22,15 +22,16 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["train", "routing.iter=3"], "unknown config key 'routing.iter'"),
     (["train", "+foo=1"], "Key 'foo' not in 'Config'"),
     (
-        ["train", "dataset=svhn"],
-        "unknown dataset 'svhn'; choose one of: cifar10, mnist, multimnist",
+        ["train", "dataset=imagenet"],
+        "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist, multimnist, "
+        "smallnorb, svhn",
     ),
     (
         ["train", "dataset=multimnist", "dataset.shift=2"],
         "dataset=multimnist is shifted when it is generated",
     ),
     (["train", "dataset=multimnist", "model=baseline_cnn"], "dataset=multimnist needs the CapsNet"),
-    (["train", "dataset.name=svhn"], "unknown dataset 'svhn'"),
+    (["train", "dataset.name=imagenet"], "unknown dataset 'imagenet'"),
     (["train", "train.lr=-0.1"], "train.lr must be > 0"),
     (["train", "train.batch_size=0"], "train.batch_size must be > 0"),
     (["train", "train.epochs=0"], "train.epochs must be > 0"),
@@ -48,11 +49,11 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["sweep", "--iters", "1,x"], "--iters: 'x' is not an integer >= 1"),
     (["sweep", "--iters", "3,3"], "--iters: '3' is listed twice"),
     (["sweep", "--iters", "1", "--seeds", "-1"], "--seeds: '-1' is not an integer >= 0"),
-    (["sweep", "--iters", "1", "--datasets", "svhn"], "unknown dataset 'svhn'"),
+    (["sweep", "--iters", "1", "--datasets", "imagenet"], "unknown dataset 'imagenet'"),
     (["sweep", "--iters", "1", "--launcher", "ray"], "launcher"),
     (["sweep", "--iters", "1", "--name", "../x"], "--name '../x' must be one directory name"),
     (["report", "/no/such/sweep"], "no such path"),
-    (["data", "download", "--dataset", "svhn"], "unknown dataset 'svhn'"),
+    (["data", "download", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
 ]
 
 

@@ -430,8 +430,8 @@ def test_download_over_corrupt_files_reports_the_corruption(tmp_path: Path) -> N
 
 
 def test_download_unknown_dataset_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown dataset 'svhn'"):
-        datasets.download("svhn", tmp_path)
+    with pytest.raises(ConfigError, match="unknown dataset 'imagenet'"):
+        datasets.download("imagenet", tmp_path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +441,8 @@ def test_download_unknown_dataset_is_a_config_error(tmp_path: Path) -> None:
 
 def test_check_reports_presence_and_loadability(tmp_path: Path) -> None:
     make_mnist(tmp_path, n_train=30, n_test=10)
-    mnist, cifar = check(tmp_path, verify=True)
+    statuses = {status.name: status for status in check(tmp_path, verify=True)}
+    mnist, cifar = statuses["mnist"], statuses["cifar10"]
     assert (mnist.name, mnist.present, mnist.loadable) == ("mnist", True, True)
     assert (mnist.train_count, mnist.test_count) == (30, 10)
     assert (cifar.name, cifar.present, cifar.loadable, cifar.train_count) == (
@@ -453,9 +454,9 @@ def test_check_reports_presence_and_loadability(tmp_path: Path) -> None:
     assert str(tmp_path.resolve()) in cifar.message
 
     make_cifar(tmp_path)
-    cifar = check(tmp_path, verify=True)[1]
+    cifar = next(s for s in check(tmp_path, verify=True) if s.name == "cifar10")
     assert cifar.present and not cifar.loadable and "dataset.verify=false" in cifar.message
-    cifar = check(tmp_path, verify=False)[1]
+    cifar = next(s for s in check(tmp_path, verify=False) if s.name == "cifar10")
     assert cifar.loadable and (cifar.train_count, cifar.test_count) == (30, 7)
 
 

@@ -222,7 +222,7 @@ BAD_SWEEPS = [
     (["--iters", "1,3,1"], "--iters: '1' is listed twice"),
     (["--iters", ""], "--iters needs a comma-separated list"),
     (["--iters", "1", "--seeds", "-1"], "--seeds: '-1' is not an integer >= 0"),
-    (["--iters", "1", "--datasets", "mnist,svhn"], "unknown dataset 'svhn'"),
+    (["--iters", "1", "--datasets", "mnist,imagenet"], "unknown dataset 'imagenet'"),
     (["--iters", "1", "--datasets", "mnist,mnist"], "'mnist' is listed twice"),
     ([], "--iters is required"),
     (["--iters", "1", "--launcher", "slurm"], "unknown launcher 'slurm'"),

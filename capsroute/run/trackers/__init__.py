@@ -1,6 +1,7 @@
 """Experiment trackers beside the run directory: the `logger` config group.
 
-`require_extras(config)` stops before any work when a chosen tracker's extra is missing.
+`capsroute.logger_config.require_extras` stops a command before any work when a chosen
+tracker's extra is missing.
 `open_trackers(config, run_dir, state)` starts (or resumes) every chosen tracker and returns a
 `TrackerSet`, which the training loop calls after each epoch's checkpoint (`log_epoch`) and at
 the end (`finish`). Each tracker's run id is kept in `<run_dir>/trackers.json`, so a resume
@@ -13,52 +14,24 @@ training goes on and `metrics.csv` stays complete.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from capsroute.config import Config, LoggerConfig, config_to_dict
-from capsroute.errors import ConfigError, one_line
+from capsroute.config import Config, config_to_dict
+from capsroute.errors import one_line
 from capsroute.io import read_json, write_json
+from capsroute.logger_config import chosen
 from capsroute.run import rundir
 from capsroute.run.trackers.base import Tracker, context_for, epoch_values
 from capsroute.run.trackers.figures import run_figures
 
 log = logging.getLogger("capsroute")
 
-# logger option -> the modules its extra (`pip install 'capsroute[NAME]'`) provides
-EXTRAS: dict[str, tuple[str, ...]] = {
-    "tensorboard": ("tensorboard",),
-    "mlflow": ("mlflow", "sqlalchemy", "alembic"),
-    "wandb": ("wandb",),
-}
 # files the trackers get at the end: the summary, and any figure in the run directory
 ARTEFACT_FILES = (rundir.SUMMARY_FILE,)
 TRACKER_DIRS = (rundir.TENSORBOARD_DIR, rundir.WANDB_DIR)
-
-
-def chosen(logger: LoggerConfig) -> list[str]:
-    """The enabled trackers, in a fixed order."""
-    return [name for name in EXTRAS if getattr(logger, name).enabled]
-
-
-def require_extras(config: Config) -> None:
-    """Raise `ConfigError` (one line, exit 2) naming the extra a chosen tracker needs."""
-    for name in chosen(config.logger):
-        if any(_missing(module) for module in EXTRAS[name]):
-            raise ConfigError(
-                f"logger={name} needs the {name} extra: pip install 'capsroute[{name}]'"
-            )
-
-
-def _missing(module: str) -> bool:
-    """Whether `module` cannot be imported (looked up without importing it)."""
-    try:
-        return importlib.util.find_spec(module) is None
-    except (ImportError, ValueError):
-        return True
 
 
 def _tracker_class(name: str) -> type[Tracker]:
@@ -115,10 +88,11 @@ class TrackerSet:
             self._guard(tracker, f"epoch {epoch}", lambda t=tracker: t.log_epoch(epoch, values))
         self._record_progress()
 
-    def finish(self, summary: dict[str, Any]) -> None:
-        """Hand over the summary, summary.json and the figures, then close every tracker run."""
+    def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """Hand over the summary, summary.json and the figures, then close every tracker run;
+        returns `summary`."""
         if not self.trackers:
-            return
+            return summary
         with tempfile.TemporaryDirectory(prefix="capsroute-figures-") as scratch:
             try:
                 figures = run_figures(self.run_dir, Path(scratch))
@@ -129,6 +103,7 @@ class TrackerSet:
             for tracker in list(self.trackers):
                 self._guard(tracker, "finish", lambda t=tracker: t.finish(summary, files))
         self._record_progress()
+        return summary
 
     def _record_progress(self) -> None:
         """Keep what a tracker needs after each epoch (TensorBoard: the last epoch logged)."""

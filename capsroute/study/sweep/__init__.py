@@ -32,6 +32,7 @@ from capsroute import hydra_app
 from capsroute.errors import CapsrouteError
 from capsroute.io import utc_now
 from capsroute.run import rundir
+from capsroute.study.sweep.gpu_share import mps_daemon
 from capsroute.study.sweep.manifest import (
     MANIFEST_FILE,
     collect_results,
@@ -81,7 +82,9 @@ def run_sweep(plan: SweepPlan, request: SweepRequest, console: Console) -> list[
 
 def run_multirun(plan: SweepPlan, request: SweepRequest) -> None:
     register_sweeper()
-    hydra_app.run_hydra(sweep_task, plan.overrides, request.config_dir)
+    packed = (request.jobs_per_gpu or 1) > 1 and request.mps
+    with mps_daemon(plan.root, packed):
+        hydra_app.run_hydra(sweep_task, plan.overrides, request.config_dir)
 
 
 def print_plan(plan: SweepPlan, console: Console) -> None:

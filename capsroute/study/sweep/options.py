@@ -78,6 +78,8 @@ class SweepRequest:
     name: str | None = None
     launcher: str | None = None
     jobs: int | None = None
+    jobs_per_gpu: int | None = None  # K runs at once on each visible GPU (local launchers)
+    mps: bool = True  # with jobs_per_gpu > 1: start a CUDA MPS daemon where one can be started
     overrides: list[str] = field(default_factory=list)
     config_dir: Path | None = None
     dry_run: bool = False
@@ -211,6 +213,8 @@ def launcher_overrides(request: SweepRequest, user_keys: set[str]) -> dict[str, 
         )
     if request.launcher and "hydra/launcher" in user_keys:
         raise ConfigError("--launcher and the override hydra/launcher=... clash; use one")
+    if request.jobs_per_gpu is not None and launcher not in ("joblib", "submitit_local"):
+        raise ConfigError("--jobs-per-gpu needs a local parallel launcher: --launcher joblib")
     if launcher in LAUNCHER_PLUGINS:
         module, package = LAUNCHER_PLUGINS[launcher]
         try:
@@ -227,6 +231,8 @@ def launcher_overrides(request: SweepRequest, user_keys: set[str]) -> dict[str, 
             raise ConfigError("--jobs needs a parallel launcher: --launcher joblib|submitit_*")
         return out
     jobs = request.jobs
+    if request.jobs_per_gpu is not None:
+        jobs = jobs_for_gpus(request)
     if launcher in ("joblib", "submitit_local") and jobs is None:
         jobs = default_local_jobs()
     if jobs is not None:
@@ -237,6 +243,22 @@ def launcher_overrides(request: SweepRequest, user_keys: set[str]) -> dict[str, 
         }[launcher]
         out[key] = f"{key}={jobs}"
     return out
+
+
+def jobs_for_gpus(request: SweepRequest) -> int:
+    """`--jobs-per-gpu K`: K runs at once on each visible GPU (jobs are spread over the GPUs by
+    job number, `task.place_job`), so K x #GPUs parallel jobs in all."""
+    per_gpu = request.jobs_per_gpu or 0
+    if per_gpu < 1:
+        raise ConfigError(f"--jobs-per-gpu must be >= 1, got {per_gpu}")
+    if request.jobs is not None:
+        raise ConfigError("--jobs and --jobs-per-gpu both set the parallelism; use one")
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus == 0:
+        raise ConfigError("--jobs-per-gpu: no CUDA GPU is visible here; use --jobs")
+    return per_gpu * gpus
 
 
 def default_local_jobs() -> int:

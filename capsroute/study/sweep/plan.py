@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from capsroute import hydra_app
 from capsroute.config import config_to_dict, register_schema, resume_conflicts, to_config
 from capsroute.errors import ConfigError, RunDirError
+from capsroute.logger_config import require_extras
 from capsroute.run import rundir
-from capsroute.run.trackers import require_extras
 from capsroute.study.sweep.options import (
     AXIS_KEYS,
     SweepRequest,
@@ -150,7 +150,7 @@ def compose_jobs(
                         overrides=[*hydra_lines, *job, *extra],
                         return_hydra_config=True,
                     )
-                    require_extras(to_config(cfg))
+                    require_extras(to_config(cfg).logger)
                 except ConfigError as exc:
                     raise ConfigError(f"run {' '.join(job)}: {exc}") from exc
                 except Exception as exc:

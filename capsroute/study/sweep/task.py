@@ -51,15 +51,16 @@ def sweep_task(cfg: DictConfig) -> dict[str, Any]:
 def place_job(config: Config, hydra_cfg: DictConfig) -> Config:
     """Spread parallel jobs over GPUs (by job number) and split CPU cores between them.
 
-    Only fills in what the user left open: `device=auto` and an unset `train.threads`. Both
-    keys may differ between attempts without blocking a resume.
+    Only fills in what the user left open: `device=auto` and an unset `train.threads` (the
+    cores split between parallel jobs, GPU jobs too: K jobs packed on one GPU must not each
+    start a thread per core). Both keys may differ between attempts without blocking a resume.
     """
     parallel = parallel_jobs(hydra_cfg)
     job_num = int(OmegaConf.select(hydra_cfg, "job.num", default=0) or 0)
     gpus = visible_gpus() if config.device == "auto" else 0
     if config.device == "auto" and parallel > 1 and gpus > 1:
         config.device = f"cuda:{job_num % gpus}"
-    if config.train.threads is None and gpus == 0:
+    if config.train.threads is None:
         threads = cpu_threads_per_job(parallel)
         if threads:
             config.train.threads = threads
