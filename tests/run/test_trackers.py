@@ -224,7 +224,7 @@ def test_concurrent_jobs_share_a_fresh_mlflow_store(tmp_path: Path) -> None:
     out_root = tmp_path / "outputs"
     job = (
         "import sys; from pathlib import Path\n"
-        "from capsroute.config import MlflowConfig\n"
+        "from capsroute.logger_config import MlflowConfig\n"
         "from capsroute.run.trackers.base import context_for\n"
         "from capsroute.run.trackers.mlflow import MlflowTracker\n"
         "out = Path(sys.argv[1]); run = out / 'sweeps' / 'grid' / 'mnist' / sys.argv[2] / 's0'\n"
