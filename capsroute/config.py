@@ -20,8 +20,22 @@ from capsroute.errors import ConfigError
 from capsroute.logger_config import BOOKKEEPING_PREFIX, LoggerConfig
 
 # multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files;
-# svhn and smallnorb: the paper's Section 7; fashion_mnist: the usual next step after MNIST
-DATASETS = ("mnist", "cifar10", "multimnist", "fashion_mnist", "svhn", "smallnorb")
+# svhn and smallnorb: the paper's Section 7; fashion_mnist: the usual next step after MNIST;
+# mnist40: MNIST placed on 40x40 (Section 5.2); affine_mnist (an affNIST approximation generated
+# from MNIST) and affnist are test sets only, scored with `capsroute evaluate RUN --dataset`
+DATASETS = (
+    "mnist",
+    "cifar10",
+    "multimnist",
+    "fashion_mnist",
+    "svhn",
+    "smallnorb",
+    "mnist40",
+    "affine_mnist",
+    "affnist",
+)
+EVAL_ONLY_DATASETS = ("affine_mnist", "affnist")
+VIEWPOINT_DATASETS = ("mnist40", *EVAL_ONLY_DATASETS)  # the 1x40x40 sets of Section 5.2
 PRECISIONS = ("fp32", "bf16", "fp16")
 # capsnet: the CapsNet of Section 4; baseline_cnn: the paper's baseline CNN (capsroute.baseline)
 MODEL_KINDS = ("capsnet", "baseline_cnn")
@@ -325,6 +339,11 @@ class Config:
             self.dataset.name != "multimnist" or self.model.kind == "capsnet",
             "dataset=multimnist needs the CapsNet: the baseline CNN has one softmax target, "
             "MultiMNIST two",
+        )
+        _require(
+            self.dataset.name not in EVAL_ONLY_DATASETS,
+            f"dataset={self.dataset.name} is a test set only: train on dataset=mnist40 and score "
+            f"the run with `capsroute evaluate RUN_DIR --dataset {self.dataset.name}`",
         )
 
 

@@ -26,6 +26,7 @@ from capsroute.cli.options import (
     parse_choice_list,
     parse_dataset_list,
     parse_int_list,
+    parse_other_dataset,
     parse_precisions,
 )
 from capsroute.cli.status import status as status_command
@@ -34,6 +35,11 @@ from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+OtherDataset = Annotated[
+    str | None,
+    typer.Option("--dataset", help="Another test set of the run's shape: affnist, affine_mnist "
+                 "(an affNIST approximation), mnist40. evaluate -> RUN_DIR/eval_cross.csv."),
+]  # fmt: skip
 ConfigDir = Annotated[
     Path | None,
     typer.Option(
@@ -216,19 +222,22 @@ def evaluate(
     data_root: Annotated[
         Path | None, typer.Option("--data-root", help="Default: the run's dataset.root.")
     ] = None,
+    dataset: OtherDataset = None,
 ) -> None:
     """Evaluate trained runs at other routing iterations: RUN_DIR/eval_iters.csv.
 
     Loads each run's checkpoint and config; at the run's own r (and routing mode) the numbers
     repeat the run's final epoch exactly. `capsroute report` then shows training r x eval r.
+    --dataset scores another test set (Section 5.2); `capsroute report` shows the robustness.
     """
     from capsroute.study.eval_r import (
-        EVAL_ITERS_FILE,
         SPLITS,
         evaluate_runs,
         reproduction_line,
         results_table,
     )
+
+    dataset = parse_other_dataset(dataset, split)
 
     console = Console(width=None if sys.stdout.isatty() else 120)  # the table is wide
     for result in evaluate_runs(
@@ -237,12 +246,13 @@ def evaluate(
         parse_choice(split, "--split", SPLITS, "split"),
         device,
         data_root,
+        dataset,
     ):
         console.print(results_table(result))
         line = reproduction_line(result)
         if line:
             console.print(line, highlight=False)
-        console.print(f"wrote {result.run_dir / EVAL_ITERS_FILE}", highlight=False)
+        console.print(f"wrote {result.run_dir / result.output_file}", highlight=False)
 
 
 @cli.command(context_settings=EXTRA_ARGS)
@@ -308,6 +318,7 @@ def viz(
     examples: Annotated[
         int, typer.Option("--examples", help="Correct and wrong test images shown, each.")
     ] = 8,
+    dataset: OtherDataset = None,
 ) -> None:
     """The paper's pictures of a trained CapsNet: reconstructions, the 16 capsule dimensions
     perturbed (Fig. 4), and the coupling coefficients after each routing iteration."""
@@ -315,8 +326,9 @@ def viz(
 
     if examples < 1:
         raise ConfigError(f"--examples must be >= 1, got {examples}")
+    dataset = parse_other_dataset(dataset)
     with exit_on_error():
-        for path in make_figures(run_dir, out, data_root, examples):
+        for path in make_figures(run_dir, out, data_root, examples, dataset):
             typer.echo(f"wrote {path}")
 
 

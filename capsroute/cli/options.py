@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from capsroute.config import DATASETS, PRECISIONS
+from capsroute.config import DATASETS, PRECISIONS, VIEWPOINT_DATASETS
 from capsroute.errors import ConfigError
 
 
@@ -65,3 +65,15 @@ def _no_duplicates(option: str, items: Sequence[str], values: Sequence[Any]) -> 
         if value in seen:
             raise ConfigError(f"{option}: '{item}' is listed twice")
         seen.add(value)
+
+
+def parse_other_dataset(text: str | None, split: str = "test") -> str | None:
+    """`evaluate/viz --dataset`: another test set of the run's shape (Section 5.2), or None.
+
+    It replaces the run's own data, so it cannot be combined with `--split val|train`.
+    """
+    if text is None:
+        return None
+    if split != "test":
+        raise ConfigError("--dataset scores another set's test images: drop --split")
+    return parse_choice(text, "--dataset", VIEWPOINT_DATASETS, "dataset")

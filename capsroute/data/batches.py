@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from capsroute.config import DatasetConfig
-from capsroute.data import multimnist
+from capsroute.data import canvas, multimnist
 from capsroute.data.distort import distort_train, standardise
 from capsroute.data.files import DATASET_INFO, ImageTensors, load_split
 from capsroute.errors import ConfigError
@@ -144,6 +144,8 @@ def make_splits(cfg: DatasetConfig, seed: int, device: torch.device) -> Splits:
     """
     if cfg.name == "multimnist":
         return _placed(_multimnist_splits(cfg, seed), cfg, device)
+    if cfg.name == "mnist40":
+        return _placed(_mnist40_splits(cfg, seed), cfg, device)
     train_full = load_split(cfg, train=True)
     test_full = load_split(cfg, train=False)
     train_index, val_index = train_val_indices(
@@ -214,6 +216,25 @@ def _multimnist_splits(cfg: DatasetConfig, seed: int) -> Splits:
         val = generate(source.subset(val_index), "val", len(val_index), seed + 3)
     test_size = cfg.test_size or MULTIMNIST_TEST_SIZE
     test = generate(source_test, "test", test_size, MULTIMNIST_TEST_SEED)
+    return Splits(train=train, train_eval=_train_eval(train, cfg, seed), test=test, val=val)
+
+
+def _mnist40_splits(cfg: DatasetConfig, seed: int) -> Splits:
+    """mnist40 (Section 5.2, `capsroute.data.canvas`) on the CPU: training digits centred on
+    40x40 (the batches shift them by up to `dataset.shift` px every epoch); validation digits
+    and the expanded-MNIST test set placed once, from fixed seeds."""
+    source = load_split(cfg, train=True)
+    train_index, val_index = train_val_indices(source.labels, cfg.train_size, cfg.val_size, seed)
+    train = ImageTensors(canvas.centre(source.images[train_index]), source.labels[train_index])
+    val = None
+    if val_index is not None:
+        offsets = canvas.placement_offsets(len(source), canvas.VALIDATION_PLACEMENT_SEED)
+        placed = canvas.place(source.images[val_index], offsets[val_index])
+        val = ImageTensors(placed, source.labels[val_index])
+    digits = load_split(cfg, train=False)
+    test = ImageTensors(canvas.expanded_test(digits.images), digits.labels)
+    if cfg.test_size is not None:
+        test = test.subset(balanced_subset(test.labels, cfg.test_size, seed + 1))
     return Splits(train=train, train_eval=_train_eval(train, cfg, seed), test=test, val=val)
 
 

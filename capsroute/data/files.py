@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from capsroute.config import DATASETS, DatasetConfig
-from capsroute.data import cifar, mnist_idx, multimnist, smallnorb, svhn
+from capsroute.data import affnist, canvas, cifar, mnist_idx, multimnist, smallnorb, svhn
 from capsroute.data.source import (
     Reader,
     corrupt_error,
@@ -66,6 +66,13 @@ DATASET_INFO: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo(1, 28, 10, mnist_idx.FASHION_MNIST),
     "svhn": DatasetInfo(3, 32, 10, svhn.SVHN),
     "smallnorb": DatasetInfo(smallnorb.CHANNELS, smallnorb.SIZE, 5, smallnorb.SMALLNORB),
+    # Section 5.2: MNIST placed on 40x40 (capsroute.data.canvas) and an affNIST approximation
+    # generated from MNIST (capsroute.data.affine_mnist), both from the MNIST files; affNIST's
+    # own files (capsroute.data.affnist; its "train" split is affNIST's validation file, for
+    # `data check` only, never trained on)
+    "mnist40": DatasetInfo(1, canvas.CANVAS, 10, mnist_idx.MNIST, source="mnist"),
+    "affine_mnist": DatasetInfo(1, canvas.CANVAS, 10, mnist_idx.MNIST, source="mnist"),
+    "affnist": DatasetInfo(1, canvas.CANVAS, 10, affnist.AFFNIST),
 }
 assert tuple(DATASET_INFO) == DATASETS, "DATASET_INFO must cover config.DATASETS"
 

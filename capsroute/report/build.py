@@ -22,7 +22,7 @@ from rich.table import Table
 
 from capsroute.errors import CapsrouteError, ConfigError
 from capsroute.io import atomic_write_text, read_json
-from capsroute.report import plots
+from capsroute.report import plots, robustness
 from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
 from capsroute.report.findings import caveats, eval_sentences, findings
 from capsroute.report.paper import ensemble_table, table1
@@ -57,6 +57,8 @@ class Report:
     paper_table1: pd.DataFrame = field(default_factory=pd.DataFrame)
     ensembles: pd.DataFrame = field(default_factory=pd.DataFrame)
     paper_section7: pd.DataFrame = field(default_factory=pd.DataFrame)  # smallNORB, SVHN
+    # Section 5.2: per run, own test vs another test set (capsroute.report.robustness)
+    robustness: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -115,6 +117,10 @@ def make_report(
         reasons = "; ".join(f"{w.run}: {w.problem}" for w in runset.warnings.itertuples())
         raise NoRunsError(f"none of the {runset.found} runs under {where} is usable ({reasons})")
     runs = per_run(runset.epochs, runset.group_columns)
+    robust = robustness.per_run_rows(runset.cross, runset.configs)
+    validated = not robust.empty and all(
+        runset.configs[run].get("dataset.val_size") is not None for run in robust["run"]
+    )
     report = Report(
         out_dir=out_dir,
         runset=runset,
@@ -128,6 +134,7 @@ def make_report(
                 if not runset.evals.empty
                 else []
             ),
+            *robustness.robustness_sentences(robust, validated),
             *caveats(
                 runs["run"].nunique(),
                 runset.found,
@@ -139,6 +146,7 @@ def make_report(
         paper_table1=table1(runs, runset.configs),
         ensembles=ensemble_table(read_ensembles(inputs)),
         paper_section7=section7_table(runs, runset.configs),
+        robustness=robust,
     )
     figures = draw_figures(report)
     report.files = [*figures, *write_outputs(report, formats, figures)]
@@ -210,6 +218,8 @@ def optional_figures(report: Report) -> list[Path]:
             plots.eval_r_heatmap(evals, axes, split, folder / "eval_r_heatmap.png"),
             plots.accuracy_vs_eval_r(evals, axes, split, folder / "acc_vs_eval_r.png"),
         ]
+    if not report.robustness.empty:
+        figures.append(robustness.robustness_figure(report.robustness, folder / robustness.FIGURE))
     return figures
 
 
@@ -376,6 +386,7 @@ def paper_sections(report: Report) -> list[tuple[str, pd.DataFrame]]:
         (TABLE1_TITLE, report.paper_table1),
         (SECTION7_TITLE, report.paper_section7),
         (ENSEMBLE_TITLE, report.ensembles),
+        (robustness.TITLE, robustness.robustness_table(report.robustness)),
     ]
     return [(title, frame) for title, frame in sections if not frame.empty]
 
@@ -409,6 +420,8 @@ def write_outputs(report: Report, formats: Sequence[str], figures: list[Path]) -
             put("ensembles.csv", report.ensembles.to_csv(index=False))
         if not report.paper_section7.empty:
             put("section7.csv", report.paper_section7.to_csv(index=False))
+        if not report.robustness.empty:
+            put("robustness.csv", report.robustness.to_csv(index=False))
     if "md" in formats:
         put("summary.md", _markdown(summary) + "\n")
         put("report.md", report_markdown(report, summary, comparison, figures))

@@ -75,6 +75,7 @@ class Run:
     metrics: pd.DataFrame
     routing: pd.DataFrame
     evals: pd.DataFrame = field(default_factory=pd.DataFrame)  # eval_iters.csv, may be empty
+    cross: pd.DataFrame = field(default_factory=pd.DataFrame)  # eval_cross.csv, may be empty
 
 
 @dataclass
@@ -97,6 +98,8 @@ class RunSet:
     # per-epoch rows of runs still running or interrupted, up to their last epoch, with their
     # `status`: drawn (marked) in the curves, never in a table; they stay in `warnings` too
     partial: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # `capsroute evaluate --dataset` rows (eval_cross.csv) at the runs' last epochs
+    cross: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def group_columns(self) -> list[str]:
@@ -158,6 +161,9 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
         else pd.DataFrame(),
         configs={run.name: run.config for run in runs},
         partial=partial_epochs,
+        cross=_tidy([_with_keys(run, run.cross, axes) for run in runs if not run.cross.empty], axes)
+        if any(not run.cross.empty for run in runs)
+        else pd.DataFrame(),
     )
 
 
@@ -204,8 +210,13 @@ def load_run(run_dir: Path, name: str) -> Run:
     config = flatten(with_added_keys(_read_config(run_dir, summary)))
     metrics = read_metrics(run_dir / rundir.METRICS_FILE, summary)
     routing = read_routing(run_dir / rundir.ROUTING_FILE, metrics, config)
-    evals = read_evals(run_dir / rundir.EVAL_ITERS_FILE, int(metrics["epoch"].iloc[-1]))
-    return Run(name=name, config=config, metrics=metrics, routing=routing, evals=evals)
+    last = int(metrics["epoch"].iloc[-1])
+    evals = read_evals(run_dir / rundir.EVAL_ITERS_FILE, last)
+    # the other test set's name must not clash with the run's own `dataset` key column
+    cross = read_evals(run_dir / rundir.EVAL_CROSS_FILE, last).rename(
+        columns={"dataset": "eval_dataset"}
+    )
+    return Run(name, config, metrics, routing, evals, cross)
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
@@ -293,7 +304,8 @@ def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> p
 
 
 def read_evals(path: Path, last_epoch: int) -> pd.DataFrame:
-    """eval_iters.csv rows measured on the run's last epoch; empty if none are usable.
+    """eval_iters.csv (or eval_cross.csv) rows measured on the run's last epoch; empty if none
+    are usable.
 
     The file is optional and extra: a missing, damaged or stale one (the run trained on after
     it was evaluated) never makes the run itself unusable.
@@ -307,7 +319,7 @@ def read_evals(path: Path, last_epoch: int) -> pd.DataFrame:
     if frame.empty or any(column not in frame.columns for column in rundir.EVAL_REQUIRED):
         return pd.DataFrame()
     for column in frame.columns:
-        if column not in ("split", "mode"):
+        if column not in ("split", "mode", "dataset"):
             frame[column] = pd.to_numeric(frame[column], errors="coerce")
     frame = frame.dropna(subset=list(rundir.EVAL_REQUIRED))
     frame = frame[frame["epoch"] == last_epoch].reset_index(drop=True)
@@ -396,6 +408,8 @@ def _tidy(frames: list[pd.DataFrame], axes: list[str]) -> pd.DataFrame:
 
     An axis whose values are not all numbers (or holds None) becomes text, so it sorts.
     """
+    # runs without rows (a baseline CNN's routing) would turn every column into objects
+    frames = [frame for frame in frames if not frame.empty]
     if not frames:
         return pd.DataFrame(columns=[*KEY_COLUMNS, *axes])
     frame = pd.concat(frames, ignore_index=True)

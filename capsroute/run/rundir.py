@@ -27,6 +27,9 @@ LOCK_FILE = ".lock"
 # `capsroute evaluate` (a trained run at other r) and `capsroute ensemble` (a folder of runs)
 EVAL_ITERS_FILE = "eval_iters.csv"
 EVAL_ROUTING_FILE = "eval_routing.csv"
+# `capsroute evaluate --dataset`: the run scored on another test set of its input shape (affNIST,
+# its approximation, ...), kept apart from eval_iters.csv so the own-test results are untouched
+EVAL_CROSS_FILE = "eval_cross.csv"
 ENSEMBLE_FILE = "ensemble.json"
 # experiment trackers (`logger=...`): each tracker's run id, so a resume continues that run;
 # TensorBoard's event files and W&B's offline runs live in these folders of the run directory
@@ -93,6 +96,22 @@ EVAL_ROUTING_COLUMNS = (
     "flip",
 )
 EVAL_REQUIRED = ("epoch", "eval_r", "accuracy")
+# eval_cross.csv: one row per other dataset x mode x eval r. `own_test_acc` is the accuracy the
+# run recorded on its own test set at the same epoch (filled at the run's own mode and r only).
+EVAL_CROSS_COLUMNS = (
+    "epoch",
+    "dataset",
+    "mode",
+    "train_r",
+    "eval_r",
+    "images",
+    "accuracy",
+    "loss",
+    "margin_loss",
+    "recon_loss",
+    "own_test_acc",
+    "seconds",
+)
 
 STATUS_RUNNING = "running"
 STATUS_COMPLETED = "completed"

@@ -8,6 +8,11 @@ with dynamic routing, plus, for a run trained with a control (`routing.mode=unif
 at the run's own mode. Each evaluation records accuracy, the loss parts and the routing
 diagnostics of `capsroute.run.evaluate.evaluate`.
 
+With `dataset` (`capsroute evaluate RUN_DIR --dataset affnist|affine_mnist|mnist40`) the run is
+scored on that set's test images instead (Section 5.2's affNIST test of a network trained on
+mnist40); the set must have the run's input shape. Those rows go to `RUN_DIR/eval_cross.csv`
+with the run's recorded own-test accuracy beside them, never into eval_iters.csv.
+
 Rows go to `RUN_DIR/eval_iters.csv` (one per split x mode x eval r) and the per-iteration
 diagnostics to `RUN_DIR/eval_routing.csv`, both replaced atomically and merged with the rows
 of earlier calls for the same checkpoint epoch (so `--split val` then `--split test` keeps
@@ -29,9 +34,10 @@ from typing import Any
 
 import torch
 
-from capsroute.config import Config, effective_iterations
-from capsroute.data.batches import Splits, make_splits
-from capsroute.data.files import ImageTensors
+from capsroute.config import VIEWPOINT_DATASETS, Config, effective_iterations
+from capsroute.data.batches import Splits, input_shape, make_splits
+from capsroute.data.files import DATASET_INFO, ImageTensors
+from capsroute.data.viewpoint import evaluation_set
 from capsroute.errors import CheckpointError, ConfigError
 from capsroute.io import write_csv
 from capsroute.nn.capsnet import CapsNet
@@ -40,6 +46,8 @@ from capsroute.run.checkpoint import load_run
 from capsroute.run.evaluate import evaluate
 from capsroute.run.rundir import (
     EVAL_COLUMNS,
+    EVAL_CROSS_COLUMNS,
+    EVAL_CROSS_FILE,
     EVAL_ITERS_FILE,
     EVAL_ROUTING_COLUMNS,
     EVAL_ROUTING_FILE,
@@ -67,6 +75,11 @@ class RunEvaluation:
     split: str
     rows: list[dict[str, Any]]
     routing_rows: list[dict[str, Any]]
+    dataset: str | None = None  # another test set (eval_cross.csv), None: the run's own data
+
+    @property
+    def output_file(self) -> str:
+        return EVAL_ITERS_FILE if self.dataset is None else EVAL_CROSS_FILE
 
     @property
     def reference(self) -> dict[str, Any] | None:
@@ -96,8 +109,10 @@ def evaluate_run(
     split: str = "test",
     device: str | None = None,
     data_root: Path | None = None,
+    dataset: str | None = None,
 ) -> RunEvaluation:
-    """Evaluate the checkpoint in `run_dir` at every r of `iters` on `split`; write the CSVs.
+    """Evaluate the checkpoint in `run_dir` at every r of `iters` on `split` (or on the test
+    set of `dataset`, see the module docstring); write the CSVs.
 
     `device` and `data_root` override the run's own settings (its config's `device`, e.g.
     `auto`, and `dataset.root`); exact reproduction of recorded numbers needs the device type
@@ -119,12 +134,17 @@ def evaluate_run(
                 f"{run_dir} has no validation split (trained without dataset.val_size); "
                 "use --split test or --split train"
             )
+        if dataset is not None:
+            check_same_shape(run_dir, config, dataset)
         state = trained.state
         epoch = int(state.get("epoch", 0))
-        recorded = _recorded_accuracy(state, split)
+        recorded = _recorded_accuracy(state, "test" if dataset else split)
         torch_device = setup_torch(config)
         model = trained.model.to(torch_device)
-        data = _split_data(make_splits(config.dataset, config.seed, torch_device), split)
+        if dataset is None:
+            data = _split_data(make_splits(config.dataset, config.seed, torch_device), split)
+        else:
+            data = evaluation_set(config.dataset, dataset, config.seed)
         result = RunEvaluation(
             run_dir=run_dir,
             epoch=epoch,
@@ -133,22 +153,47 @@ def evaluate_run(
             split=split,
             rows=[],
             routing_rows=[],
+            dataset=dataset,
         )
         plan = [("dynamic", r) for r in iters]
         if config.routing.mode != "dynamic":
             plan.append((config.routing.mode, 1))  # the control the run was trained with
         own_r = config.routing.effective_iterations
+        if not isinstance(model, CapsNet):  # the baseline CNN: no routing, one evaluation
+            plan = [(config.routing.mode, own_r)]
         for mode, r in plan:
             row, routing_rows = _evaluate_once(model, data, config, torch_device, mode, r)
             row.update(epoch=epoch, split=split, train_r=result.train_r)
             own = mode == result.mode and r == own_r
             row["recorded_acc"] = recorded if own else None
+            if dataset is not None:
+                row.update(dataset=dataset, own_test_acc=row.pop("recorded_acc"))
             result.rows.append(row)
             result.routing_rows += [
                 {"epoch": epoch, "split": split, **per_iteration} for per_iteration in routing_rows
             ]
         write_results(run_dir, result)
     return result
+
+
+def check_same_shape(run_dir: Path, config: Config, dataset: str) -> None:
+    """`ConfigError` (one line) unless `dataset`'s images have the shape the run was trained on."""
+    info = DATASET_INFO[dataset]
+    other = (info.channels, info.size, info.size)
+    own = input_shape(config.dataset)
+    if other != own:
+        same = [
+            name
+            for name in VIEWPOINT_DATASETS
+            if (DATASET_INFO[name].channels, DATASET_INFO[name].size, DATASET_INFO[name].size)
+            == own
+        ]
+        hint = f"choose one of {', '.join(same)}" if same else "train on dataset=mnist40 first"
+        raise ConfigError(
+            f"{run_dir} was trained on {config.dataset.name} images of shape "
+            f"{'x'.join(map(str, own))}, but {dataset} images are {'x'.join(map(str, other))}: "
+            f"{hint}"
+        )
 
 
 def _recorded_accuracy(state: dict[str, Any], split: str) -> float | None:
@@ -172,6 +217,9 @@ def _split_data(splits: Splits, split: str) -> ImageTensors:
 @contextmanager
 def routing_mode(model: CapsNet, mode: str) -> Iterator[None]:
     """Route with `mode` inside the block (a control needs r = 1), then restore the model's own."""
+    if not isinstance(model, CapsNet):  # nothing to route
+        yield
+        return
     saved = model.digit.routing
     iterations = effective_iterations(mode, saved.iterations)
     model.digit.routing = dataclasses.replace(saved, mode=mode, iterations=iterations)
@@ -198,7 +246,8 @@ def _evaluate_once(
             iterations=r,
             diagnostics=True,
         )
-    final, first = result.routing[-1], result.routing[0]
+    none: dict[str, float] = {}  # a network without routing has no diagnostics
+    final, first = (result.routing[-1], result.routing[0]) if result.routing else (none, none)
     row = {
         "mode": mode,
         "eval_r": r,
@@ -207,8 +256,8 @@ def _evaluate_once(
         "loss": result.loss,
         "margin_loss": result.margin_loss,
         "recon_loss": result.recon_loss,
-        "entropy": final["entropy"],
-        "max_c": final["max_c"],
+        "entropy": final.get("entropy"),
+        "max_c": final.get("max_c"),
         "polarised": final.get("polarised"),
         "flip_first": first.get("flip"),
         "seconds": time.perf_counter() - started,
@@ -221,26 +270,32 @@ def _evaluate_once(
 
 
 def write_results(run_dir: Path, result: RunEvaluation) -> None:
-    """Merge this call's rows into eval_iters.csv / eval_routing.csv and write them atomically.
+    """Merge this call's rows into eval_iters.csv / eval_routing.csv (or, for another dataset,
+    eval_cross.csv) and write them atomically.
 
     Rows of the same checkpoint epoch measured earlier are kept unless this call measured the
-    same (split, mode, eval r) again; rows of another epoch are dropped (the weights changed).
+    same (split or dataset, mode, eval r) again; rows of another epoch are dropped (the weights
+    changed).
     """
-    fresh = {(row["split"], row["mode"], row["eval_r"]) for row in result.rows}
-    for name, rows, columns in (
-        (EVAL_ITERS_FILE, result.rows, EVAL_COLUMNS),
-        (EVAL_ROUTING_FILE, result.routing_rows, EVAL_ROUTING_COLUMNS),
-    ):
+    where = "split" if result.dataset is None else "dataset"
+    fresh = {(row[where], row["mode"], row["eval_r"]) for row in result.rows}
+    outputs = [(EVAL_ITERS_FILE, result.rows, EVAL_COLUMNS)]
+    if result.dataset is None:
+        outputs.append((EVAL_ROUTING_FILE, result.routing_rows, EVAL_ROUTING_COLUMNS))
+    else:
+        outputs = [(EVAL_CROSS_FILE, result.rows, EVAL_CROSS_COLUMNS)]
+    for name, rows, columns in outputs:
         kept = [
             row
             for row in read_rows(run_dir / name)
             if str(row.get("epoch")) == str(result.epoch)
-            and (row.get("split"), row.get("mode"), _int(row.get("eval_r"))) not in fresh
+            and (row.get(where), row.get("mode"), _int(row.get("eval_r"))) not in fresh
         ]
         merged = sorted(
             [*kept, *rows],
             key=lambda row: (
-                SPLITS.index(row["split"]) if row["split"] in SPLITS else len(SPLITS),
+                str(row[where]) if result.dataset else "",
+                SPLITS.index(row[where]) if row[where] in SPLITS else len(SPLITS),
                 str(row["mode"]) != "dynamic",
                 str(row["mode"]),
                 _int(row["eval_r"]),
@@ -272,6 +327,7 @@ def evaluate_runs(
     split: str = "test",
     device: str | None = None,
     data_root: Path | None = None,
+    dataset: str | None = None,
 ) -> Iterator[RunEvaluation]:
     """`evaluate_run` for each directory, after checking every one first (bad input: no work)."""
     if not run_dirs:
@@ -279,14 +335,15 @@ def evaluate_runs(
     for run_dir in run_dirs:
         check_run_dir(Path(run_dir))
     for run_dir in run_dirs:
-        yield evaluate_run(Path(run_dir), iters, split, device, data_root)
+        yield evaluate_run(Path(run_dir), iters, split, device, data_root, dataset)
 
 
 def results_table(result: RunEvaluation) -> Any:
     """A rich Table of one run's rows: accuracy, loss and routing diagnostics per (mode, r)."""
     from rich.table import Table
 
-    table = Table(title=f"{result.run_dir} (epoch {result.epoch}, {result.split} set)")
+    what = f"{result.split} set" if result.dataset is None else f"{result.dataset} test set"
+    table = Table(title=f"{result.run_dir} (epoch {result.epoch}, {what})")
     headers = (
         "routing",
         "eval r",
@@ -301,14 +358,14 @@ def results_table(result: RunEvaluation) -> Any:
     for header in headers:
         table.add_column(header, justify="left" if header == "routing" else "right")
     for row in result.rows:
-        own = " (training)" if row["recorded_acc"] is not None else ""
+        own = " (training)" if row.get("recorded_acc", row.get("own_test_acc")) is not None else ""
         table.add_row(
             f"{row['mode']}{own}",
             str(row["eval_r"]),
             f"{100 * row['accuracy']:.2f}",
             f"{row['loss']:.4f}",
-            f"{row['entropy']:.3f}",
-            f"{row['max_c']:.3f}",
+            _fraction(row["entropy"]),
+            _fraction(row["max_c"]),
             _fraction(row["polarised"]),
             _fraction(row["flip_first"]),
             f"{row['seconds']:.1f}",
@@ -319,7 +376,18 @@ def results_table(result: RunEvaluation) -> Any:
 def reproduction_line(result: RunEvaluation) -> str | None:
     """Whether the evaluation at the run's own routing repeats the accuracy it recorded."""
     row = result.reference
-    if row is None or row["recorded_acc"] is None:
+    if row is None:
+        return None
+    if result.dataset is not None:
+        own = row["own_test_acc"]
+        if own is None:
+            return None
+        return (
+            f"{result.run_dir}: {row['mode']} r={row['eval_r']}: {100 * row['accuracy']:.2f}% on "
+            f"{result.dataset}, {100 * own:.2f}% on its own {result.split} set "
+            f"(drop {100 * (own - row['accuracy']):.2f} points)"
+        )
+    if row["recorded_acc"] is None:
         return None
     same = row["accuracy"] == row["recorded_acc"]
     verdict = "reproduced exactly" if same else "DIFFERS (another device or precision?)"

@@ -8,6 +8,10 @@
   iteration k = 1..r (rows: parent capsules, columns: primary capsules), i.e. which primary
   capsules route to which digit as routing proceeds.
 
+With `dataset` (`capsroute viz RUN --dataset affine_mnist`) the pictures use another test set
+of the run's input shape instead (Section 5.2: transformed digits and what a network trained on
+translated MNIST reconstructs from them), written to RUN_DIR/viz/<dataset>/.
+
 The run is rebuilt from its checkpoint: the config saved with the weights, the same network,
 and the run's own test subset (same seed), evaluated without augmentation. matplotlib's Agg
 backend: no display needed. Figures are written atomically.
@@ -34,10 +38,12 @@ from torch import Tensor
 
 from capsroute.config import Config
 from capsroute.data.batches import eval_batches, make_splits
+from capsroute.data.viewpoint import evaluation_set
 from capsroute.errors import ConfigError
 from capsroute.io import atomic_write_bytes
 from capsroute.nn.capsnet import CapsNet, correct_predictions, predicted_classes
 from capsroute.run import checkpoint
+from capsroute.study.eval_r import check_same_shape
 
 DPI = 110
 PERTURBATIONS = tuple(round(-0.25 + 0.05 * k, 2) for k in range(11))  # -0.25, -0.20, ..., 0.25
@@ -64,8 +70,14 @@ class LoadedRun:
         return predict(self.model, self.images)
 
 
-def load_run(run_dir: Path, data_root: Path | None = None, max_images: int = 2000) -> LoadedRun:
-    """Rebuild the run's network from `checkpoint.pt` and take up to `max_images` of its test set.
+def load_run(
+    run_dir: Path,
+    data_root: Path | None = None,
+    max_images: int = 2000,
+    other: str | None = None,
+) -> LoadedRun:
+    """Rebuild the run's network from `checkpoint.pt` and take up to `max_images` of its test set
+    (or of test set `other`, which must have the run's input shape).
 
     `data_root` replaces the saved `dataset.root` (runs move between machines).
     """
@@ -76,7 +88,11 @@ def load_run(run_dir: Path, data_root: Path | None = None, max_images: int = 200
     dataset = dataclasses.replace(
         config.dataset, train_size=config.dataset.train_size or 1, on_device=False
     )  # only the test split is used: take a 1-image training subset
-    test = make_splits(dataset, config.seed, torch.device("cpu")).test
+    if other is not None:
+        check_same_shape(Path(run_dir), config, other)
+        test = evaluation_set(dataset, other, config.seed)
+    else:
+        test = make_splits(dataset, config.seed, torch.device("cpu")).test
     batch = next(iter(eval_batches(test, dataset, min(max_images, len(test)), torch.device("cpu"))))
     return LoadedRun(config, model, batch.images, batch.labels)
 
@@ -259,13 +275,14 @@ def make_figures(
     out_dir: Path | None = None,
     data_root: Path | None = None,
     examples: int = 8,
+    dataset: str | None = None,
 ) -> list[Path]:
-    """Every figure of a run into `out_dir` (default RUN_DIR/viz); returns the paths.
-
-    Runs without a decoder get the coupling figure only.
+    """Every figure of a run into `out_dir` (default RUN_DIR/viz, or RUN_DIR/viz/<dataset> for
+    another test set); returns the paths. Runs without a decoder get the coupling figure only.
     """
-    run = load_run(Path(run_dir), data_root)
-    folder = Path(out_dir) if out_dir is not None else Path(run_dir) / "viz"
+    run = load_run(Path(run_dir), data_root, other=dataset)
+    default = Path(run_dir) / "viz" / (dataset or "")
+    folder = Path(out_dir) if out_dir is not None else default
     written = [coupling(run, folder / "coupling.png")]
     if run.model.decoder is not None:
         written.insert(0, reconstructions(run, folder / "reconstructions.png", examples))

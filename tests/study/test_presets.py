@@ -97,3 +97,19 @@ def test_preset_dry_run_from_the_command_line(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
     bad = run_cli("train", "experiment=paper_table2", cwd=tmp_path)
     assert bad.returncode == 2 and "unknown experiment 'paper_table2'" in bad.stderr
+
+
+def test_paper_affnist_trains_on_mnist40_and_chooses_epochs_on_validation(tmp_path: Path) -> None:
+    sweep = plan(tmp_path, "experiment=paper_affnist")
+    assert {(run.dataset, run.iterations) for run in sweep.runs} == {("mnist40", 1), ("mnist40", 3)}
+    assert len(sweep.runs) == 6
+    config = hydra_app.load_config(["experiment=paper_affnist"])
+    assert (config.dataset.shift, config.dataset.val_size, config.dataset.test_size) == (
+        6,
+        5000,
+        None,
+    )
+    assert config.train.early_stopping_patience is not None
+    assert config.model.weight_std == 0.01  # mnist40's deviation, as MultiMNIST's
+    cnn = hydra_app.load_config(["experiment=paper_affnist", "model=baseline_cnn"])
+    assert (cnn.model.kind, cnn.dataset.name) == ("baseline_cnn", "mnist40")
