@@ -15,7 +15,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install --quiet -e ".[dev,launchers]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,launchers,tensorboard,mlflow]"
 	touch $@
 
 train: install

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsroute.config_report import REPORT_KEYS, ReportConfig
 from capsroute.errors import ConfigError
+from capsroute.logger_config import BOOKKEEPING_PREFIX, LoggerConfig
 
 # multimnist: two overlapping MNIST digits (Section 6), generated from the MNIST files;
 # svhn and smallnorb: the paper's Section 7; fashion_mnist: the usual next step after MNIST;
@@ -315,6 +316,7 @@ class Config:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     device: str = "auto"
     out_root: str = "outputs"
@@ -465,5 +467,5 @@ def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return [
         f"{key}: {old!r} -> {new!r}"
         for key, old, new in config_diff(with_added_keys(saved), current)
-        if key not in RESUMABLE_KEYS
+        if key not in RESUMABLE_KEYS and not key.startswith(BOOKKEEPING_PREFIX)
     ]

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from capsroute.config import Config, first_line, register_schema, to_config
 from capsroute.errors import ConfigError
+from capsroute.logger_config import require_extras
 
 CONFIG_MODULE = "capsroute.conf"
 CONFIG_NAME = "config"
@@ -91,8 +92,11 @@ def planned_run_dir(overrides: Sequence[str], config_dir: Path | None = None) ->
 
 
 def load_config(overrides: Sequence[str], config_dir: Path | None = None) -> Config:
-    """Compose and validate: the typed `Config` the overrides describe."""
-    return to_config(compose_config(overrides, config_dir))
+    """Compose and validate: the typed `Config` the overrides describe, to run (so a chosen
+    tracker's extra must be installed)."""
+    config = to_config(compose_config(overrides, config_dir))
+    require_extras(config.logger)
+    return config
 
 
 def run_hydra(

@@ -29,6 +29,7 @@ from capsroute.cli.options import (
     parse_other_dataset,
     parse_precisions,
 )
+from capsroute.cli.status import status as status_command
 from capsroute.config import to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
@@ -56,6 +57,7 @@ cli = typer.Typer(
 )
 data_cli = typer.Typer(help="Download datasets and check what is on disk.", no_args_is_help=True)
 cli.add_typer(data_cli, name="data")
+cli.command(name="status", context_settings=EXTRA_ARGS)(status_command)
 log = logging.getLogger("capsroute")
 
 
@@ -146,7 +148,7 @@ def info(
     cfg: Annotated[bool, typer.Option("--cfg", help="Print the resolved config only.")] = False,
 ) -> None:
     """Resolved config, parameter counts, dataset sizes and device, without training."""
-    from capsroute.cli.info import run_info
+    from capsroute.cli.info import flatten_details, run_info
 
     overrides = _split_overrides(ctx.args)
     composed = hydra_app.compose_config(overrides, config_dir)
@@ -161,21 +163,9 @@ def info(
     console = Console()
     console.print(OmegaConf.to_yaml(composed, resolve=True).rstrip(), highlight=False)
     table = Table(title="capsroute info", show_header=False)
-    for key, value in _flatten(details):
+    for key, value in flatten_details(details):
         table.add_row(key, str(value))
     console.print(table)
-
-
-def _flatten(details: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for key, value in details.items():
-        if key == "config":
-            continue
-        if isinstance(value, dict):
-            rows += _flatten(value, f"{prefix}{key}.")
-        else:
-            rows.append((f"{prefix}{key}", value))
-    return rows
 
 
 @cli.command()

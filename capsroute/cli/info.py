@@ -41,3 +41,16 @@ def run_info(config: Config) -> dict[str, Any]:
         details["data"] = {"root": config.dataset.root, "error": str(exc)}
     details["config"] = config_to_dict(config)
     return details
+
+
+def flatten_details(details: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """`run_info`'s nested dict as (dotted key, value) rows for a table; the config left out."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in details.items():
+        if key == "config":
+            continue
+        if isinstance(value, dict):
+            rows += flatten_details(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", value))
+    return rows

@@ -172,7 +172,7 @@ def make_report(
             *caveats(
                 runs["run"].nunique(),
                 runset.found,
-                len(runset.warnings),
+                runset.warnings,
                 validated=bool(runs["val_best_epoch"].notna().any()),
                 diagnostics=describe_split(runset.routing),
             ),
@@ -199,19 +199,19 @@ def draw_figures(report: Report) -> list[Path]:
         plots.metric_vs_r(report.runs, axes, report.metric, label, folder / f"{stem}_vs_r.png"),
         plots.per_epoch(
             epochs, axes, "test_acc", "test accuracy (%)",
-            folder / "test_acc_curves.png", percent=True,
+            folder / "test_acc_curves.png", percent=True, partial=runset.partial,
         ),
         plots.per_epoch(
             epochs,
             axes, "gap", "train-eval minus test accuracy (points)",
-            folder / "gap_curves.png", percent=True, zero_line=True,
+            folder / "gap_curves.png", percent=True, zero_line=True, partial=runset.partial,
         ),
         plots.per_epoch(
             epochs, axes, CLASS_LOSS, loss_label, folder / "test_margin_loss.png", log=False,
         ),
         plots.per_epoch(
             epochs, axes, "train_loss", "training loss (log scale)",
-            folder / "train_loss.png", log=True,
+            folder / "train_loss.png", log=True, partial=runset.partial,
         ),
         *routing_figures(report),
         *eval_figures(report),

@@ -41,6 +41,7 @@ from capsroute.report.wording import (
     mean_std,
     pct,
 )
+from capsroute.run import rundir
 
 # Runs shorter than the configured default, or on a training subset, measure convergence speed.
 FULL_LENGTH_EPOCHS = TrainConfig().epochs
@@ -247,13 +248,15 @@ def eval_sentences(evals: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 
 def caveats(
-    used: int, found: int, left_out: int, validated: bool = False, diagnostics: str = ""
+    used: int, found: int, warnings: pd.DataFrame, validated: bool = False, diagnostics: str = ""
 ) -> list[str]:
     """Sentences about what the numbers rest on, true for any data.
 
-    `validated`: some runs held out a validation split, whose best epoch is an honest choice.
+    `warnings`: the runs left out (`RunSet.warnings`); `validated`: some runs held out a
+    validation split, whose best epoch is an honest choice.
     `diagnostics`: where the routing diagnostics were measured (a sentence), if any.
     """
+    left_out = len(warnings)
     lines = [
         f"{used} of {found} run directories are used; {left_out} are left out "
         "(see the warnings table)."
@@ -269,4 +272,18 @@ def caveats(
         )
     if diagnostics:
         lines.append(diagnostics)
-    return lines
+    return lines + unfinished_sentences(warnings)
+
+
+def unfinished_sentences(warnings: pd.DataFrame) -> list[str]:
+    """How many runs are still running or interrupted: drawn in the curves, not in the tables."""
+    counts = warnings["status"].value_counts() if not warnings.empty else pd.Series(dtype=int)
+    running = int(counts.get(rundir.STATUS_RUNNING, 0))
+    interrupted = int(counts.get(rundir.STATUS_INTERRUPTED, 0))
+    if not running + interrupted:
+        return []
+    return [
+        f"{running} runs are still running and {interrupted} were interrupted: the tables use "
+        "completed runs only; the per-epoch curves draw the unfinished runs dotted, up to "
+        "their last epoch."
+    ]

@@ -111,14 +111,26 @@ def per_epoch(
     percent: bool = False,
     log: bool = False,
     zero_line: bool = False,
+    partial: pd.DataFrame | None = None,
 ) -> Path:
-    """`column` against epoch, one line per r (mean over seeds, band ± std)."""
+    """`column` against epoch, one line per r (mean over seeds, band ± std).
+
+    `partial`: per-epoch rows (with `status`) of runs still running or interrupted; each is
+    drawn on its own, thin and dotted in its r's colour, up to its last epoch, and named so in
+    the legend. They never enter the means.
+    """
     scale = 100.0 if percent else 1.0
-    datasets = sorted(epochs["dataset"].unique())
+    partial = partial if partial is not None and column in partial.columns else pd.DataFrame()
+    both = pd.concat([epochs, partial]) if not partial.empty else epochs
+    datasets = sorted(both["dataset"].unique())
+    colours = _colours(both["r"].tolist())
     fig, panels = _panels(datasets)
     for ax, dataset in zip(panels, datasets, strict=True):
         frame = epochs[epochs["dataset"] == dataset]
-        _lines(ax, frame, axes, "epoch", column, scale)
+        unfinished = partial[partial["dataset"] == dataset] if not partial.empty else partial
+        _unfinished_lines(ax, unfinished, column, scale, colours)
+        _lines(ax, frame, axes, "epoch", column, scale, colours=colours)
+        frame = pd.concat([frame, unfinished]) if not unfinished.empty else frame
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         if log:
@@ -174,8 +186,9 @@ def _lines(
     column: str,
     scale: float,
     markers: bool = False,
+    colours: dict[object, tuple[float, ...]] | None = None,
 ) -> None:
-    colours = _colours(frame["r"].tolist())
+    colours = colours or _colours(frame["r"].tolist())
     banded = False
     for index, variant in enumerate(_variants(frame, axes)):
         rows = _variant_rows(frame, axes, variant)
@@ -194,6 +207,29 @@ def _lines(
                 high = scale * (stats["mean"] + stats["std"])
                 ax.fill_between(stats[x], low, high, color=colours[r], alpha=0.18, linewidth=0)
     ax.legend(fontsize="small", title="mean; band ± 1 std" if banded else "mean")
+
+
+def _unfinished_lines(
+    ax: Axes,
+    frame: pd.DataFrame,
+    column: str,
+    scale: float,
+    colours: dict[object, tuple[float, ...]],
+) -> None:
+    """One thin dotted line per unfinished run, ending in an open circle at its last epoch."""
+    if frame.empty:
+        return
+    for run, rows in frame.groupby("run", sort=True):
+        rows = rows.sort_values("epoch")
+        last = rows.iloc[-1]
+        ax.plot(
+            rows["epoch"], scale * rows[column], ":", linewidth=1.0, color=colours[last["r"]],
+            label=f"{run} ({last['status']}, epoch {int(last['epoch'])})",
+        )  # fmt: skip
+        ax.plot(
+            [last["epoch"]], [scale * last[column]], "o", markerfacecolor="none",
+            color=colours[last["r"]],
+        )  # fmt: skip
 
 
 def _integer_ticks(ax: Axes, values: pd.Series) -> None:

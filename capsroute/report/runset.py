@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from capsroute.config import with_added_keys
+from capsroute.config import BOOKKEEPING_PREFIX, with_added_keys
 from capsroute.io import read_json
 from capsroute.run import rundir
 
@@ -60,6 +60,9 @@ REQUIRED_METRICS = (
 )
 # `capsroute evaluate`'s optional per-run file (capsroute.evaluate_iters, not imported: torch).
 WARNING_COLUMNS = ("run", "status", "problem")
+# Runs whose curves so far are drawn: still going, or stopped and resumable ("stale" runs say
+# running in summary.json, so they are here too).
+PARTIAL_STATUSES = (rundir.STATUS_RUNNING, rundir.STATUS_INTERRUPTED)
 
 
 class UnusableRunError(Exception):
@@ -99,6 +102,9 @@ class RunSet:
     evals: pd.DataFrame = field(default_factory=pd.DataFrame)
     # every used run's flattened config, by run name (e.g. for the paper's Table 1 layout)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per-epoch rows of runs still running or interrupted, up to their last epoch, with their
+    # `status`: drawn (marked) in the curves, never in a table; they stay in `warnings` too
+    partial: pd.DataFrame = field(default_factory=pd.DataFrame)
     # `capsroute evaluate --dataset` rows (eval_cross.csv) at the runs' last epochs
     cross: pd.DataFrame = field(default_factory=pd.DataFrame)
 
@@ -130,6 +136,7 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
     paths = [Path(p).resolve() for p in paths]
     dirs = find_run_dirs(paths)
     runs: list[Run] = []
+    partial: list[tuple[Run, str]] = []
     warnings: list[dict[str, str]] = []
     for run_dir in dirs:
         name = _display_name(run_dir, paths)
@@ -137,14 +144,18 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
             runs.append(load_run(run_dir, name))
         except UnusableRunError as unusable:
             warnings.append({"run": name, "status": unusable.status, "problem": unusable.problem})
+            if unusable.status in PARTIAL_STATUSES:
+                partial += [(run, unusable.status) for run in load_partial(run_dir, name)]
     runs, duplicates = _drop_duplicates(runs)
     warnings += duplicates
     axes = swept_axes([run.config for run in runs])
-    epochs = _tidy([_with_keys(run, run.metrics, axes) for run in runs], axes)
-    if not epochs.empty:  # derived per-epoch columns the report plots
-        epochs = epochs.assign(
-            test_error=1.0 - epochs["test_acc"], gap=epochs["train_eval_acc"] - epochs["test_acc"]
+    epochs = _derived(_tidy([_with_keys(run, run.metrics, axes) for run in runs], axes))
+    partial_epochs = _derived(
+        _tidy(
+            [_with_keys(run, run.metrics.assign(status=status), axes) for run, status in partial],
+            axes,
         )
+    )
     with_evals = [run for run in runs if not run.evals.empty]
     return RunSet(
         epochs=epochs,
@@ -156,10 +167,38 @@ def load_runs(paths: Iterable[Path]) -> RunSet:
         if with_evals
         else pd.DataFrame(),
         configs={run.name: run.config for run in runs},
+        partial=partial_epochs,
         cross=_tidy([_with_keys(run, run.cross, axes) for run in runs if not run.cross.empty], axes)
         if any(not run.cross.empty for run in runs)
         else pd.DataFrame(),
     )
+
+
+def _derived(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Add the per-epoch columns the report plots: test_error and the train-eval/test gap."""
+    if epochs.empty:
+        return epochs
+    return epochs.assign(
+        test_error=1.0 - epochs["test_acc"], gap=epochs["train_eval_acc"] - epochs["test_acc"]
+    )
+
+
+def load_partial(run_dir: Path, name: str) -> list[Run]:
+    """A running or interrupted run's epochs so far (`[]` when even those are unreadable).
+
+    metrics.csv is written before summary.json each epoch, so it may hold one epoch more than
+    the summary says; every row it holds is a finished epoch.
+    """
+    try:
+        summary = _read_summary(run_dir)
+        config = flatten(with_added_keys(_read_config(run_dir, summary)))
+        metrics = _read_numeric_csv(run_dir / rundir.METRICS_FILE, REQUIRED_METRICS)
+    except UnusableRunError:
+        return []
+    if metrics["epoch"].tolist() != list(range(1, len(metrics) + 1)):
+        return []
+    empty = pd.DataFrame(columns=list(rundir.ROUTING_REQUIRED))
+    return [Run(name=name, config=config, metrics=metrics, routing=empty)]
 
 
 def _display_name(run_dir: Path, roots: list[Path]) -> str:
@@ -341,7 +380,7 @@ def _drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[dict[str, str]]]:
     seen: dict[str, str] = {}
     kept, warnings = [], []
     for run in runs:
-        key = repr(sorted((k, repr(v)) for k, v in run.config.items() if k not in BOOKKEEPING_KEYS))
+        key = repr(sorted((k, repr(v)) for k, v in run.config.items() if not _bookkeeping(k)))
         if key in seen:
             problem = f"same config as {seen[key]}; counted once"
             warnings.append({"run": run.name, "status": "duplicate", "problem": problem})
@@ -356,16 +395,21 @@ def swept_axes(configs: list[dict[str, Any]]) -> list[str]:
     of the same dataset: what a dataset's own group sets (CIFAR-10's crop, SVHN's smaller
     network) differs between datasets but is no axis within one, and would split the panels."""
     keys = sorted({key for config in configs for key in config})
-    skip = BOOKKEEPING_KEYS | set(FIXED_AXES.values())
     by_dataset: dict[str, list[dict[str, Any]]] = {}
     for config in configs:
         by_dataset.setdefault(str(config.get("dataset.name")), []).append(config)
     return [
         key
         for key in keys
-        if key not in skip
+        if not _bookkeeping(key)
+        and key not in FIXED_AXES.values()
         and any(len({repr(c.get(key)) for c in group}) > 1 for group in by_dataset.values())
     ]
+
+
+def _bookkeeping(key: str) -> bool:
+    """Where results live or are also sent (trackers), never what was trained."""
+    return key in BOOKKEEPING_KEYS or key.startswith(BOOKKEEPING_PREFIX)
 
 
 def axis_label(axis: str, value: object) -> str:

@@ -95,13 +95,14 @@ def write_summary(
 
 def record_stop(
     summary: dict[str, Any], state: TrainState, status: str, run_dir: Path, error: str
-) -> None:
+) -> dict[str, Any]:
     """Mark the run interrupted or failed, without masking the original error if even that
     write fails (e.g. on a full disk)."""
     try:
         write_summary(summary, state, status, run_dir, error=error)
     except (OSError, CapsrouteError) as exc:
         log.error("could not record status %s in %s: %s", status, run_dir, one_line(exc))
+    return summary
 
 
 def exit_note(exc: SystemExit, epoch: int) -> str:

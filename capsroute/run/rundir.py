@@ -32,6 +32,13 @@ EVAL_ROUTING_FILE = "eval_routing.csv"
 # its approximation, ...), kept apart from eval_iters.csv so the own-test results are untouched
 EVAL_CROSS_FILE = "eval_cross.csv"
 ENSEMBLE_FILE = "ensemble.json"
+# experiment trackers (`logger=...`): each tracker's run id, so a resume continues that run;
+# TensorBoard's event files and W&B's offline runs live in these folders of the run directory
+TRACKERS_FILE = "trackers.json"
+TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = "wandb"  # W&B itself names the folder it makes in the run directory
+# `capsroute sweep` puts sweep NAME's runs under <out_root>/sweeps/NAME/
+SWEEPS_DIR = "sweeps"
 
 # metrics.csv: one row per epoch, in this column order.
 METRICS_COLUMNS = (

@@ -67,6 +67,7 @@ from capsroute.run.record import (
     write_summary,
 )
 from capsroute.run.schedule import lr_multiplier
+from capsroute.run.trackers import epoch_values, open_trackers
 
 log = logging.getLogger("capsroute")
 
@@ -132,6 +133,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         optimizer = capturable_adam(optimizer, torch.zeros((), device=device))
         batch_shape = (config.train.batch_size, *input_shape(config.dataset))
         step_fn = GraphedTrainStep(model, optimizer, config, batch_shape, state.step).prepare()
+    trackers = open_trackers(config, run_dir, state.metrics, state.routing)
     try:
         with stop_on_signals():
             for epoch in range(state.epoch + 1, config.train.epochs + 1):
@@ -146,25 +148,28 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
                 state.wall_seconds += time.perf_counter() - started
                 save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
                 write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+                trackers.log_epoch(epoch, epoch_values(row, routing_rows))
                 log.info(epoch_line(row, config.train.epochs))
                 if stops_early(state.metrics, patience):
                     log.info("no better validation accuracy for %d epochs: stopping", patience)
                     break
     except InterruptedRunError as exc:
-        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
+        trackers.finish(record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc)))
         raise
     except SystemExit as exc:  # e.g. submitit exiting for a SLURM requeue after USR2
         record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, exit_note(exc, state.epoch))
         raise
     except KeyboardInterrupt as exc:
-        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")
+        trackers.finish(
+            record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, "interrupted")
+        )
         raise InterruptedRunError(
             f"interrupted after epoch {state.epoch}; run the same command to resume"
         ) from exc
     except Exception as exc:
-        record_stop(summary, state, rundir.STATUS_FAILED, run_dir, one_line(exc))
+        trackers.finish(record_stop(summary, state, rundir.STATUS_FAILED, run_dir, one_line(exc)))
         raise
-    return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+    return trackers.finish(finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir))
 
 
 def setup_torch(config: Config) -> torch.device:

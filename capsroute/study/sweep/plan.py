@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from capsroute import hydra_app
 from capsroute.config import config_to_dict, register_schema, resume_conflicts, to_config
 from capsroute.errors import ConfigError, RunDirError
+from capsroute.logger_config import require_extras
 from capsroute.run import rundir
 from capsroute.study.sweep.options import (
     AXIS_KEYS,
@@ -151,7 +152,7 @@ def compose_jobs(
                         overrides=[*hydra_lines, *job, *extra],
                         return_hydra_config=True,
                     )
-                    to_config(cfg)
+                    require_extras(to_config(cfg).logger)
                 except ConfigError as exc:
                     raise ConfigError(f"run {' '.join(job)}: {exc}") from exc
                 except Exception as exc:
