@@ -23,8 +23,8 @@ BAD_INPUTS: list[tuple[list[str], str]] = [
     (["train", "+foo=1"], "Key 'foo' not in 'Config'"),
     (
         ["train", "dataset=imagenet"],
-        "unknown dataset 'imagenet'; choose one of: cifar10, fashion_mnist, mnist, multimnist, "
-        "smallnorb, svhn",
+        "unknown dataset 'imagenet'; choose one of: affine_mnist, affnist, cifar10, fashion_mnist, "
+        "mnist, mnist40, multimnist, smallnorb, svhn",
     ),
     (
         ["train", "dataset=multimnist", "dataset.shift=2"],
