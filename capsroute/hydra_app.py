@@ -73,6 +73,12 @@ def describe_compose_error(exc: BaseException) -> str:
         lines = after[1].splitlines()[1:] if len(after) > 1 else []
         choices = [line.strip() for line in itertools.takewhile(lambda x: x[:1] == "\t", lines)]
         return f"unknown {group} '{name}'; choose one of: {', '.join(choices) or '(none)'}"
+    bad_char = re.search(r"token recognition error at: '(.*?)'", text, re.DOTALL)
+    if bad_char:
+        return (
+            f"an override holds a character the override syntax does not allow "
+            f"({bad_char.group(1)!r}); use letters, digits and . _ + = , - or quote the value"
+        )
     unknown_key = re.search(r"Could not override '([^']+)'", text)
     if unknown_key:
         return (

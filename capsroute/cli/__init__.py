@@ -27,7 +27,7 @@ from capsroute.cli.options import (
     parse_int_list,
     parse_precisions,
 )
-from capsroute.config import to_config
+from capsroute.config import Config, to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
 
@@ -68,10 +68,29 @@ def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
     The run directory (default outputs/runs/<dataset>-r<r>-s<seed>) is resumed when it
     holds a checkpoint of the same config; a completed run is not trained again.
     """
+    from capsroute.run.guard import check_existing_run
+
     overrides = _split_overrides(ctx.args)
-    hydra_app.load_config(overrides, config_dir)  # validate before Hydra makes any directory
-    ensure_writable(hydra_app.planned_run_dir(overrides, config_dir))
-    hydra_app.run_hydra(_train_task, overrides, config_dir)
+    config = _checked_config(overrides, config_dir)  # before Hydra makes any directory
+    run_dir = hydra_app.planned_run_dir(overrides, config_dir)
+    existing = check_existing_run(config, run_dir)  # refusals leave the run untouched
+    if existing.done:
+        typer.echo(existing.message)
+        return
+    ensure_writable(run_dir)
+    # Hydra's `.hydra/` describes the run's first start; it is never rewritten afterwards
+    # (the config a run trained with is in its summary.json and checkpoint)
+    flags = ["hydra.output_subdir=null"] if existing.has_record else []
+    hydra_app.run_hydra(_train_task, [*overrides, *flags], config_dir)
+
+
+def _checked_config(overrides: list[str], config_dir: Path | None) -> Config:
+    """The validated config, with the network's sizes checked against the input images."""
+    from capsroute.nn import check_model_fits
+
+    config = hydra_app.load_config(overrides, config_dir)
+    check_model_fits(config)
+    return config
 
 
 def _train_task(cfg: DictConfig) -> None:
@@ -146,6 +165,9 @@ def info(
     overrides = _split_overrides(ctx.args)
     composed = hydra_app.compose_config(overrides, config_dir)
     config = to_config(composed)
+    from capsroute.nn import check_model_fits
+
+    check_model_fits(config)
     if cfg:
         typer.echo(OmegaConf.to_yaml(composed, resolve=True).rstrip())
         return
@@ -276,7 +298,7 @@ def bench(
     )
 
     overrides = [*_split_overrides(ctx.args), f"device={device}"]
-    config = to_config(hydra_app.compose_config(overrides, config_dir))
+    config = _checked_config(overrides, config_dir)
     console = Console(width=None if sys.stdout.isatty() else 150)  # the table is wide
     with exit_on_error():
         rows = run_bench(

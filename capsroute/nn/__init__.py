@@ -22,3 +22,28 @@ def build_model(config: Config) -> CapsNet | BaselineCNN:
             model.cnn_dropout,
         )  # fmt: skip
     return CapsNet(shape, info.num_classes, model, config.routing, targets=info.targets)
+
+
+def check_model_fits(config: Config) -> None:
+    """Refuse (`ConfigError`) convolution sizes the input images cannot hold, before any work.
+
+    The CapsNet's convolutions are unpadded: Conv1 then PrimaryCaps must leave at least a
+    1x1 grid. (The baseline CNN pads 'same', so every kernel fits.) Also checks `dataset.crop`.
+    """
+    from capsroute.errors import ConfigError
+    from capsroute.nn.capsnet import conv_output_size
+
+    _, height, width = input_shape(config.dataset)  # raises for a crop larger than the images
+    model = config.model
+    if model.kind != "capsnet":
+        return
+    side = min(height, width)
+    grid = conv_output_size(
+        conv_output_size(side, model.conv1_kernel), model.primary_kernel, model.primary_stride
+    )
+    if grid < 1:
+        raise ConfigError(
+            f"model.conv1_kernel={model.conv1_kernel} and model.primary_kernel="
+            f"{model.primary_kernel} do not fit the {height}x{width} {config.dataset.name} "
+            f"input: their sum minus 1 must be <= {side}"
+        )

@@ -6,8 +6,8 @@ that is still running, failed, was interrupted, or whose files are missing, dama
 inconsistent becomes one row of a warnings table instead of data, so one bad run never
 breaks a report and never silently biases an average.
 
-The config comes from `.hydra/config.yaml` (what Hydra saved), else from `summary.json`'s
-`config`. Swept axes are found from the data: `dataset.name`, `routing.iterations` and `seed`
+The config comes from `summary.json`'s `config` (what the training loop recorded), else,
+for runs written before it held one, from `.hydra/config.yaml`. Swept axes are found from the data: `dataset.name`, `routing.iterations` and `seed`
 always, plus any other config key whose value differs between the usable runs.
 """
 
@@ -29,7 +29,14 @@ from capsroute.run import rundir
 
 # Keys that say where things live or how progress is shown, never what was trained.
 BOOKKEEPING_KEYS = frozenset(
-    {"dataset.root", "dataset.download", "train.progress", "out_root", "run_name"}
+    {
+        "dataset.root",
+        "dataset.download",
+        "dataset.cache_dir",
+        "train.progress",
+        "out_root",
+        "run_name",
+    }
 )
 FIXED_AXES = {"dataset": "dataset.name", "r": "routing.iterations", "seed": "seed"}
 # How swept config keys read in legends and sentences (tables keep the config key itself).
@@ -191,20 +198,20 @@ def _status_problem(summary: dict[str, Any], status: str) -> str:
 
 
 def _read_config(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The config the run trained with: `summary.json`'s copy, written by the training loop
+    itself (a refused command never touches it); `.hydra/config.yaml` only for older runs."""
+    config = summary.get("config")
+    if isinstance(config, dict):
+        return config
     path = run_dir / ".hydra" / "config.yaml"
     if path.exists():
         try:
             loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
             if isinstance(loaded, dict):
                 return loaded
-        except Exception:
-            pass
-    config = summary.get("config")
-    if not isinstance(config, dict):
-        raise UnusableRunError(
-            "no config: .hydra/config.yaml and summary.json 'config' both missing"
-        )
-    return config
+        except Exception as exc:  # any YAML/OmegaConf error: the file is damaged
+            raise UnusableRunError(f".hydra/config.yaml unreadable ({type(exc).__name__})") from exc
+    raise UnusableRunError("no config: summary.json 'config' and .hydra/config.yaml both missing")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The run directory on disk: every file name and column list of a run, its lock and statuses.
 
-Layout (written as the run goes): `.hydra/` (Hydra's resolved config and overrides),
+Layout (written as the run goes): `.hydra/` (Hydra's config and overrides as of the first start;
+the config the run trained with is `summary.json`'s `config`, which only training writes),
 `metrics.csv` (one row per epoch), `routing.csv` (one row per epoch and routing iteration),
 `summary.json` (status and headline numbers), `checkpoint.pt` and `capsroute.log`.
 Every file is replaced atomically (`capsroute.io`), so a crash at any moment leaves either the

@@ -48,6 +48,7 @@ from capsroute.nn.losses import LossParts
 from capsroute.run import rundir
 from capsroute.run.checkpoint import load_checkpoint, save_checkpoint
 from capsroute.run.evaluate import EvalResult, evaluate
+from capsroute.run.guard import check_existing_run
 from capsroute.run.record import (
     TrainState,
     finish_summary,
@@ -79,6 +80,10 @@ def train_run(config: Config, run_dir: Path, console: Console | None = None) -> 
 
 
 def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, Any]:
+    existing = check_existing_run(config, run_dir, check_lock=False)
+    if existing.done:  # the record stays exactly as training left it
+        log.info(existing.message)
+        return rundir.read_summary(run_dir)
     device = setup_torch(config)
     checkpoint_path = run_dir / rundir.CHECKPOINT_FILE
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None

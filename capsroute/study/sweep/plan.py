@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from capsroute import hydra_app
 from capsroute.config import config_to_dict, register_schema, resume_conflicts, to_config
 from capsroute.errors import ConfigError, RunDirError
+from capsroute.nn import check_model_fits
 from capsroute.run import rundir
 from capsroute.study.sweep.options import (
     AXIS_KEYS,
@@ -149,7 +150,7 @@ def compose_jobs(
                         overrides=[*hydra_lines, *job, *extra],
                         return_hydra_config=True,
                     )
-                    to_config(cfg)
+                    check_model_fits(to_config(cfg))
                 except ConfigError as exc:
                     raise ConfigError(f"run {' '.join(job)}: {exc}") from exc
                 except Exception as exc:
