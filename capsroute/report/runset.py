@@ -7,8 +7,9 @@ inconsistent becomes one row of a warnings table instead of data, so one bad run
 breaks a report and never silently biases an average.
 
 The config comes from `summary.json`'s `config` (what the training loop recorded), else,
-for runs written before it held one, from `.hydra/config.yaml`. Swept axes are found from the data: `dataset.name`, `routing.iterations` and `seed`
-always, plus any other config key whose value differs between the usable runs.
+for runs written before it held one, from `.hydra/config.yaml`. Swept axes are found from the
+data: `dataset.name`, `routing.iterations` and `seed` always, plus any other config key whose
+value differs between the usable runs.
 """
 
 from __future__ import annotations
