@@ -24,6 +24,7 @@ from capsroute import hydra_app
 from capsroute.cli.options import (
     parse_choice,
     parse_dataset_list,
+    parse_int,
     parse_int_list,
     parse_precisions,
 )
@@ -124,7 +125,7 @@ def sweep(
     launcher: Annotated[
         str | None, typer.Option(help="basic | joblib | submitit_local | submitit_slurm.")
     ] = None,
-    jobs: Annotated[int | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
+    jobs: Annotated[str | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     config_dir: ConfigDir = None,
 ) -> None:
@@ -143,7 +144,7 @@ def sweep(
         seeds=None if seeds is None else parse_int_list(seeds, "--seeds", 0),
         name=name,
         launcher=launcher,
-        jobs=jobs,
+        jobs=None if jobs is None else parse_int(jobs, "--jobs", 1),
         overrides=_split_overrides(ctx.args),
         config_dir=config_dir,
         dry_run=dry_run,
@@ -456,5 +457,23 @@ class exit_on_error:  # noqa: N801 (used as a context manager, reads as a statem
 
 def main() -> None:
     """Console-script entry point."""
+    try:
+        from click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # typer >= 0.20 vendors click
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     with exit_on_error():
-        cli()
+        try:
+            code = cli(standalone_mode=False)
+        except NoArgsIsHelpError as exc:  # bare `capsroute`: the help
+            typer.echo(exc.ctx.get_help() if exc.ctx else "see `capsroute --help`")
+            code = 2
+        except ClickException as exc:  # usage errors in one line, not typer's box
+            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
+            sys.stderr.write(f"error: {exc.format_message()}{hint}\n")
+            code = exc.exit_code
+        except typer.Abort:
+            sys.stderr.write("error: interrupted\n")
+            code = 130
+        if isinstance(code, int) and code:
+            raise SystemExit(code)

@@ -150,6 +150,7 @@ def compose_jobs(
                         overrides=[*hydra_lines, *job, *extra],
                         return_hydra_config=True,
                     )
+                    hydra_app.check_no_code(cfg.hydra, "hydra.")
                     check_model_fits(to_config(cfg))
                 except ConfigError as exc:
                     raise ConfigError(f"run {' '.join(job)}: {exc}") from exc
