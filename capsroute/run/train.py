@@ -46,7 +46,7 @@ from capsroute.nn import build_model
 from capsroute.nn.capsnet import CapsNet, CapsNetOutput, correct_predictions, reseed_routing
 from capsroute.nn.losses import LossParts
 from capsroute.run import rundir
-from capsroute.run.checkpoint import load_checkpoint, save_checkpoint
+from capsroute.run.checkpoint import load_checkpoint, resume_from, save_checkpoint
 from capsroute.run.evaluate import EvalResult, evaluate
 from capsroute.run.guard import check_existing_run
 from capsroute.run.record import (
@@ -99,10 +99,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
     scaler = grad_scaler(device, config.train.precision)
     state = TrainState(epoch=0, step=0, metrics=[], routing=[], wall_seconds=0.0)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        resume_from(checkpoint, checkpoint_path, model, optimizer, schedule, scaler)
         state = TrainState(**checkpoint["state"])
         log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
     step_fn = torch.compile(model) if config.train.compile else model

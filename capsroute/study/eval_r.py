@@ -36,7 +36,7 @@ from capsroute.errors import CheckpointError, ConfigError
 from capsroute.io import write_csv
 from capsroute.nn.capsnet import CapsNet
 from capsroute.run import rundir
-from capsroute.run.checkpoint import load_checkpoint
+from capsroute.run.checkpoint import load_checkpoint, load_weights
 from capsroute.run.evaluate import evaluate
 from capsroute.run.rundir import (
     EVAL_COLUMNS,
@@ -123,6 +123,11 @@ def evaluate_run(
             config = dataclasses.replace(config, device=device)
         if data_root is not None:
             config.dataset = dataclasses.replace(config.dataset, root=str(data_root))
+        if config.model.kind != "capsnet":
+            raise ConfigError(
+                f"{run_dir} trained a {config.model.kind}, which has no routing to evaluate "
+                "at other r; evaluate CapsNet runs only"
+            )
         if split == "val" and config.dataset.val_size is None:
             raise ConfigError(
                 f"{run_dir} has no validation split (trained without dataset.val_size); "
@@ -133,7 +138,7 @@ def evaluate_run(
         recorded = _recorded_accuracy(state, split)
         torch_device = setup_torch(config)
         model = build_model(config).to(torch_device)
-        model.load_state_dict(checkpoint["model"])
+        load_weights(model, checkpoint["model"], checkpoint_path)
         data = _split_data(make_splits(config.dataset, config.seed, torch_device), split)
         result = RunEvaluation(
             run_dir=run_dir,
