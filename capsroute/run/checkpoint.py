@@ -9,7 +9,6 @@ one line instead of failing later with a KeyError or a state_dict dump.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import warnings
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from capsroute.digest import DIGEST_KEY, content_digest
 from capsroute.errors import CheckpointError
 from capsroute.io import atomic_write_bytes
 from capsroute.run.rundir import CHECKPOINT_FILE
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 2  # 2: with `sha256`; 1 (no digest) is still read
 READABLE_VERSIONS = (1, 2)
-DIGEST_KEY = "sha256"
 REQUIRED_KEYS = ("config", "model", "optimizer", "schedule", "scaler", "state")
 # `capsroute.run.record.TrainState`'s fields
 TRAIN_STATE_KEYS = {"epoch", "step", "metrics", "routing", "wall_seconds", "skipped_steps"}
@@ -42,34 +41,6 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-def content_digest(payload: dict[str, Any]) -> str:
-    """sha256 over everything in `payload` except the digest itself, in a fixed order."""
-    digest = hashlib.sha256()
-    _feed(digest, {key: value for key, value in payload.items() if key != DIGEST_KEY})
-    return digest.hexdigest()
-
-
-def _feed(digest: Any, value: Any) -> None:
-    if isinstance(value, torch.Tensor):
-        flat = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-        if flat.numel():
-            digest.update(flat.view(torch.uint8).numpy().tobytes())
-    elif isinstance(value, dict):
-        digest.update(b"{")
-        for key in sorted(value, key=repr):
-            digest.update(repr(key).encode())
-            _feed(digest, value[key])
-        digest.update(b"}")
-    elif isinstance(value, list | tuple):
-        digest.update(b"[")
-        for item in value:
-            _feed(digest, item)
-        digest.update(b"]")
-    else:
-        digest.update(repr(value).encode())
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
