@@ -36,6 +36,8 @@ def check_seed(seed: int) -> None:
 def check_run_name(name: str) -> None:
     """`run_name` is the run's folder under `<out_root>/runs/`: never the runs root itself,
     never outside it, never a name a shell or Hydra would mangle."""
+    if "${" in name:  # the schema's default, before Hydra resolves it
+        return
     if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
         raise ConfigError(f"run_name {name!r} must be {NAME_RULE}")
 

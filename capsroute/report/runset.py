@@ -182,9 +182,13 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise UnusableRunError("summary.json missing (not started by capsroute, or damaged)")
     try:
-        return read_json(path)
+        summary = read_json(path)
     except (OSError, ValueError) as exc:
         raise UnusableRunError(f"summary.json unreadable ({type(exc).__name__})") from exc
+    problem = rundir.summary_problem(summary)
+    if problem:
+        raise UnusableRunError(f"summary.json {problem} (damaged)")
+    return summary
 
 
 def _status_problem(summary: dict[str, Any], status: str) -> str:
@@ -229,6 +233,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_metrics(path: Path, summary: dict[str, Any]) -> pd.DataFrame:
     """metrics.csv, checked complete: every needed column numeric, epochs 1..n, n as promised."""
     frame = _read_numeric_csv(path, REQUIRED_METRICS)
+    check_ranges(frame, path.name)
     epochs = frame["epoch"].tolist()
     if epochs != list(range(1, len(frame) + 1)):
         raise UnusableRunError(f"{path.name} epochs are {epochs[:6]}..., not 1..{len(frame)}")
@@ -241,6 +246,20 @@ def read_metrics(path: Path, summary: dict[str, Any]) -> pd.DataFrame:
     ):
         raise UnusableRunError(f"{path.name} last test_acc disagrees with summary.json ({final})")
     return frame
+
+
+def check_ranges(frame: pd.DataFrame, name: str) -> None:
+    """Every number finite; accuracies (`*_acc`) in [0, 1]; every other column >= 0."""
+    for column in frame.select_dtypes("number").columns:
+        values = frame[column].dropna()
+        if not values.map(math.isfinite).all():
+            raise UnusableRunError(f"{name} column {column} holds a non-finite number (damaged)")
+        high = 1.0 if column.endswith("_acc") else math.inf
+        outside = values[~values.between(0.0, high)]
+        if len(outside):
+            raise UnusableRunError(
+                f"{name} column {column} holds {outside.iloc[0]!r}, outside [0, {high:g}] (damaged)"
+            )
 
 
 def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:

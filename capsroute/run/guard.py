@@ -46,7 +46,7 @@ def check_existing_run(config: Config, run_dir: Path, check_lock: bool = True) -
                 f"run directory {run_dir} is in use by {holder}; wait for it to finish "
                 "or pick another run_name"
             )
-    summary = rundir.read_summary(run_dir)
+    summary = rundir.read_checked_summary(run_dir)
     _check_same_config(summary, config, run_dir)
     if summary.get("status") != rundir.STATUS_COMPLETED:
         return ExistingRun(True, False)

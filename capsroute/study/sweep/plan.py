@@ -236,7 +236,7 @@ def run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
     holder = rundir.lock_holder(run_dir)
     if holder is not None:
         return STATE_LOCKED, f"in use by {holder}"
-    summary = rundir.read_summary(run_dir)
+    summary = rundir.read_checked_summary(run_dir)  # a damaged one stops the plan, named
     done = int(summary.get("epochs_completed") or 0)
     if summary.get("status") == rundir.STATUS_COMPLETED and (
         done >= epochs or summary.get("stopped_early")
