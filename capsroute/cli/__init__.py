@@ -30,6 +30,7 @@ from capsroute.cli.options import (
 )
 from capsroute.config import Config, to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
+from capsroute.io import check_output_dir, check_output_file
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
 
 EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -300,6 +301,8 @@ def bench(
 
     overrides = [*_split_overrides(ctx.args), f"device={device}"]
     config = _checked_config(overrides, config_dir)
+    if json_path is not None:
+        check_output_file(json_path, "--json")  # before the timing, not after
     console = Console(width=None if sys.stdout.isatty() else 150)  # the table is wide
     with exit_on_error():
         rows = run_bench(
@@ -368,6 +371,7 @@ def ensemble(
     runs = [run for run in find_run_dirs(paths) if (run / CHECKPOINT_FILE).is_file()]
     if not runs:
         raise ConfigError(f"no run with checkpoint.pt under {', '.join(map(str, paths))}")
+    check_output_dir(out or paths[0], "--out")  # before the evaluation, not after
     with exit_on_error():
         result = evaluate_ensemble(runs, data_root)
         path = write_ensemble(result, out or paths[0])

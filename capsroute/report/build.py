@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from capsroute.errors import CapsrouteError, ConfigError
-from capsroute.io import atomic_write_text, read_json
+from capsroute.io import atomic_write_text, check_output_dir, read_json
 from capsroute.report import plots
 from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
 from capsroute.report.findings import caveats, eval_sentences, findings
@@ -106,6 +106,8 @@ def make_report(
     column = metric_column(metric)
     inputs, out_dir = resolve_inputs(paths, out, cwd or Path.cwd())
     runset = load_runs(inputs)
+    if runset.found:
+        check_output_dir(out_dir, "--out")  # before the tables and figures, not after
     where = ", ".join(str(p) for p in inputs)
     if runset.found == 0:
         raise NoRunsError(f"no run directories (summary.json or metrics.csv) under {where}")

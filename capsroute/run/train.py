@@ -258,11 +258,16 @@ def run_epoch(
             advance(totals[0] / seen, state.step)
     train_seconds = time.perf_counter() - started
     loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
+    if seen == 0 and batches:
+        raise NonFiniteLossError(
+            f"every training step of epoch {epoch} had a non-finite loss (all skipped by "
+            f"train.nonfinite=skip); the last good checkpoint is kept: {likely_cause(config)}"
+        )
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"training loss became {loss} in epoch {epoch} at step {int(first_bad_step)}; the "
-            "last good checkpoint is kept: lower train.lr, use train.precision=fp32, or skip "
-            "such steps with train.nonfinite=skip"
+            f"last good checkpoint is kept: {likely_cause(config)}, or skip such steps with "
+            "train.nonfinite=skip"
         )
     eval_started = time.perf_counter()
     eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
@@ -278,6 +283,24 @@ def run_epoch(
     )
     routing_rows = [{"epoch": epoch, **r} for r in test.routing]
     return row, routing_rows
+
+
+# Values beyond which a non-finite loss is most likely the key's doing (paper: lr 1e-3,
+# recon_weight 0.0005, temperature 1).
+LARGE_LR, LARGE_RECON_WEIGHT, SMALL_TEMPERATURE = 0.01, 1.0, 0.01
+
+
+def likely_cause(config: Config) -> str:
+    """The config key most likely behind a NaN/Inf loss, as advice (the first that applies)."""
+    if config.train.lr > LARGE_LR:
+        return f"train.lr={config.train.lr:g} is large, lower it (the paper uses 0.001)"
+    if config.model.recon_weight > LARGE_RECON_WEIGHT:
+        return f"model.recon_weight={config.model.recon_weight:g} is large, lower it"
+    if config.routing.mode == "random" and config.routing.temperature < SMALL_TEMPERATURE:
+        return f"routing.temperature={config.routing.temperature:g} is tiny, raise it"
+    if config.train.precision != "fp32":
+        return f"train.precision={config.train.precision} may overflow, use fp32"
+    return "lower train.lr or use train.precision=fp32"
 
 
 def metrics_row(

@@ -35,7 +35,7 @@ from torch import Tensor
 from capsroute.config import Config
 from capsroute.data.batches import eval_batches, make_splits
 from capsroute.errors import ConfigError
-from capsroute.io import atomic_write_bytes
+from capsroute.io import atomic_write_bytes, check_output_dir
 from capsroute.nn.capsnet import CapsNet, correct_predictions, predicted_classes
 from capsroute.run.checkpoint import load_trained
 
@@ -254,7 +254,9 @@ def make_figures(
     Runs without a decoder get the coupling figure only.
     """
     run = load_run(Path(run_dir), data_root)
-    folder = Path(out_dir) if out_dir is not None else Path(run_dir) / "viz"
+    folder = check_output_dir(
+        Path(out_dir) if out_dir is not None else Path(run_dir) / "viz", "--out"
+    )
     written = [coupling(run, folder / "coupling.png")]
     if run.model.decoder is not None:
         written.insert(0, reconstructions(run, folder / "reconstructions.png", examples))
