@@ -57,7 +57,7 @@ def descendants(pid: int) -> list[int]:
 
 def stop_children(grace_s: float = WORKER_GRACE_S) -> None:
     """SIGTERM every descendant, wait up to `grace_s` for them to exit, then SIGKILL."""
-    pids = descendants(os.getpid())
+    pids = [pid for pid in descendants(os.getpid()) if not _is_helper(pid)]
     for pid in pids:
         _send(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -67,6 +67,14 @@ def stop_children(grace_s: float = WORKER_GRACE_S) -> None:
         if _alive(pid):
             log.warning("worker %d did not stop in %.0f s: killed", pid, grace_s)
             _send(pid, signal.SIGKILL)
+
+
+def _is_helper(pid: int) -> bool:
+    """joblib's resource tracker cleans up after the workers itself; it is left alone."""
+    try:
+        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _send(pid: int, signum: signal.Signals) -> None:
