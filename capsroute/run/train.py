@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -53,10 +52,12 @@ from capsroute.run.record import (
     TrainState,
     finish_summary,
     new_summary,
+    record_not_started,
     record_stop,
     stops_early,
     write_summary,
 )
+from capsroute.run.signals import InterruptedRunError, StopRequest, stop_requests
 
 log = logging.getLogger("capsroute")
 
@@ -65,25 +66,42 @@ class NonFiniteLossError(CapsrouteError):
     """The training loss became NaN or infinite."""
 
 
-class InterruptedRunError(CapsrouteError):
-    """SIGINT or SIGTERM arrived; the run stopped at its last complete checkpoint."""
-
-    code = 130
-
-
 def train_run(config: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     """Train (or resume, or confirm complete) the run in `run_dir`; return its summary."""
     run_dir = Path(run_dir)
     rundir.ensure_writable(run_dir)
-    with rundir.run_lock(run_dir):
-        return _train_locked(config, run_dir, console or Console(stderr=True))
+    with stop_requests() as stop, rundir.run_lock(run_dir):
+        remove_partial_writes(run_dir)
+        try:
+            return _train_locked(config, run_dir, console or Console(stderr=True), stop)
+        except KeyboardInterrupt as exc:  # only off the main thread, or from a test
+            raise InterruptedRunError(
+                f"interrupted; run the same command to resume ({rundir.SUMMARY_FILE} says where)"
+            ) from exc
 
 
-def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, Any]:
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files of writes a SIGKILL cut short (`.checkpoint.pt.*.tmp`, up to
+    the checkpoint's size); safe under the run's lock, where no one else writes."""
+    for partial in run_dir.glob(".*.tmp"):
+        partial.unlink(missing_ok=True)
+
+
+def _train_locked(
+    config: Config, run_dir: Path, console: Console, stop: StopRequest
+) -> dict[str, Any]:
     existing = check_existing_run(config, run_dir, check_lock=False)
     if existing.done:  # the record stays exactly as training left it
         log.info(existing.message)
         return rundir.read_summary(run_dir)
+    try:
+        return _train(config, run_dir, console, stop)
+    except InterruptedRunError as exc:  # before the loop's own record: note it here
+        record_not_started(config, run_dir, rundir.STATUS_INTERRUPTED, str(exc))
+        raise
+
+
+def _train(config: Config, run_dir: Path, console: Console, stop: StopRequest) -> dict[str, Any]:
     device = setup_torch(config)
     checkpoint_path = run_dir / rundir.CHECKPOINT_FILE
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
@@ -108,25 +126,27 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
     if state.epoch >= config.train.epochs or stops_early(state.metrics, patience):
         log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
         return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+    stop.check()  # a signal during start-up: nothing trained yet
     write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
     try:
-        with stop_on_signals():
-            for epoch in range(state.epoch + 1, config.train.epochs + 1):
-                started = time.perf_counter()
-                row, routing_rows = run_epoch(
-                    config, epoch, model, step_fn, optimizer, schedule, scaler, splits, device,
-                    state, console,
-                )  # fmt: skip
-                state.epoch = epoch
-                state.metrics.append(row)
-                state.routing.extend(routing_rows)
-                state.wall_seconds += time.perf_counter() - started
-                save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
-                write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
-                log.info(epoch_line(row, config.train.epochs))
-                if stops_early(state.metrics, patience):
-                    log.info("no better validation accuracy for %d epochs: stopping", patience)
-                    break
+        # signals are acted on by `stop.check()` between steps, never inside a write
+        for epoch in range(state.epoch + 1, config.train.epochs + 1):
+            started = time.perf_counter()
+            row, routing_rows = run_epoch(
+                config, epoch, model, step_fn, optimizer, schedule, scaler, splits, device,
+                state, console, stop,
+            )  # fmt: skip
+            state.epoch = epoch
+            state.metrics.append(row)
+            state.routing.extend(routing_rows)
+            state.wall_seconds += time.perf_counter() - started
+            save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
+            write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+            log.info(epoch_line(row, config.train.epochs))
+            stop.check()
+            if stops_early(state.metrics, patience):
+                log.info("no better validation accuracy for %d epochs: stopping", patience)
+                break
     except InterruptedRunError as exc:
         record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc))
         raise
@@ -211,6 +231,7 @@ def run_epoch(
     device: torch.device,
     state: TrainState,
     console: Console,
+    stop: StopRequest | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One pass over the training set, then evaluation; returns the metrics and routing rows."""
     train, dataset = config.train, config.dataset
@@ -226,6 +247,8 @@ def run_epoch(
     started = time.perf_counter()
     with epoch_progress(console, epoch, config.train.epochs, batches, train.progress) as advance:
         for batch in train_batches(splits.train, dataset, train.batch_size, generator, device):
+            if stop is not None:
+                stop.check()
             out, parts = train_step(
                 step_fn,
                 optimizer,
@@ -269,6 +292,8 @@ def run_epoch(
             f"last good checkpoint is kept: {likely_cause(config)}, or skip such steps with "
             "train.nonfinite=skip"
         )
+    if stop is not None:
+        stop.check()
     eval_started = time.perf_counter()
     eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
     train_eval = evaluate(model, splits.train_eval, *eval_args)
@@ -411,24 +436,3 @@ def save_epoch(
             "state": vars(state),
         },
     )
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM (what SLURM sends before pre-emption) into the same stop as Ctrl-C."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise InterruptedRunError(
-            f"stopped by {signal.Signals(signum).name}; run the same command to resume"
-        )
-
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. a launcher's worker thread)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
