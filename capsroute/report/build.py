@@ -106,14 +106,13 @@ def make_report(
     column = metric_column(metric)
     inputs, out_dir = resolve_inputs(paths, out, cwd or Path.cwd())
     runset = load_runs(inputs)
-    if runset.found:
-        check_output_dir(out_dir, "--out")  # before the tables and figures, not after
     where = ", ".join(str(p) for p in inputs)
     if runset.found == 0:
         raise NoRunsError(f"no run directories (summary.json or metrics.csv) under {where}")
     if runset.epochs.empty:
         reasons = "; ".join(f"{w.run}: {w.problem}" for w in runset.warnings.itertuples())
         raise NoRunsError(f"none of the {runset.found} runs under {where} is usable ({reasons})")
+    check_output_dir(out_dir, "--out")  # before the tables and figures, not after
     runs = per_run(runset.epochs, runset.group_columns)
     report = Report(
         out_dir=out_dir,
