@@ -225,7 +225,7 @@ def test_a_damaged_cache_is_named_not_used(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="damaged .*delete it"):
+    with pytest.raises(DataError, match=r"damaged .*delete it"):
         load_or_generate(images, labels, spec, tmp_path)
     path.write_bytes(b"garbage")
     with pytest.raises(DataError, match="damaged"):
