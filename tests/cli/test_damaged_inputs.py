@@ -170,6 +170,22 @@ def as_baseline(state: dict) -> None:
     state["config"]["model"].update(kind="baseline_cnn", reconstruction=False)
 
 
+EVIL_FACTORY = (
+    "# @package _global_\nhydra:\n  job_logging:\n    handlers:\n      x:\n"
+    "        '()': os.system\n"
+)
+HELD_LOCKS: list = []  # open handles: their flocks last until the test process ends
+
+
+def hold_lock(root: Path) -> None:
+    """Another process trains base1: hold its lock as `run_lock` does."""
+    import fcntl
+
+    handle = open(root / RUN / ".lock", "a+")  # noqa: SIM115 (held on purpose)
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD_LOCKS.append(handle)
+
+
 EVIL_CALLBACK = "# @package _global_\nhydra:\n  callbacks:\n    x:\n      _target_: os.system\n"
 EVIL_LAUNCHER = "defaults:\n  - joblib\n  - _self_\n_target_: os.system\n"
 
@@ -199,7 +215,14 @@ CASES = [
     case("1-other-seed-same-dir", "train BASE seed=5", "different config (seed"),
     case("1-no-checkpoint", "train BASE", "checkpoint.pt is missing", delete(CKPT)),
     case("1-no-checkpoint-more", RESUME, "checkpoint.pt is missing", delete(CKPT)),
+    case("1-locked", "train BASE train.epochs=2", "is in use by", hold_lock),
     # 2. no input runs code
+    case(
+        "2-logging-factory",
+        "train --config-dir presets experiment=evil BASE",
+        "logging may use the standard",
+        preset("experiment/evil.yaml", EVIL_FACTORY),
+    ),
     case(
         "2-callback-preset",
         "train --config-dir presets experiment=evil BASE",
@@ -335,6 +358,7 @@ CASES = [
     case(
         "7-ensemble-out-file", "ensemble outputs/runs --out afile", "cannot write", file_in_the_way
     ),
+    case("7-report-out-too-long", "report outputs/runs --out " + "x" * 300, "cannot write"),
     case("7-bench-json-dir", "bench --json outputs", "is a directory"),
     case(
         "7-bench-json-under-file", "bench --json afile/rows.json", "cannot write", file_in_the_way
