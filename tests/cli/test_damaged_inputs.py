@@ -247,9 +247,9 @@ CASES = [
     ),
     case(
         "2-launcher-preset",
-        "sweep --iters 1 --dry-run --launcher joblib --config-dir presets BASE",
+        "sweep --iters 1 --dry-run --config-dir presets hydra/launcher=mine BASE",
         "is refused",
-        preset("hydra/launcher/capsroute_joblib.yaml", EVIL_LAUNCHER),
+        preset("hydra/launcher/mine.yaml", EVIL_LAUNCHER),
     ),
     case(
         "2-slurm-parameters",
