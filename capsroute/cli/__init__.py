@@ -461,23 +461,7 @@ class exit_on_error:  # noqa: N801 (used as a context manager, reads as a statem
 
 def main() -> None:
     """Console-script entry point."""
-    try:
-        from click.exceptions import ClickException, NoArgsIsHelpError
-    except ImportError:  # typer >= 0.20 vendors click
-        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    from capsroute.cli.entry import run_app
 
     with exit_on_error():
-        try:
-            code = cli(standalone_mode=False)
-        except NoArgsIsHelpError as exc:  # bare `capsroute`: the help
-            typer.echo(exc.ctx.get_help() if exc.ctx else "see `capsroute --help`")
-            code = 2
-        except ClickException as exc:  # usage errors in one line, not typer's box
-            hint = f" (see `{exc.ctx.command_path} --help`)" if getattr(exc, "ctx", None) else ""
-            sys.stderr.write(f"error: {exc.format_message()}{hint}\n")
-            code = exc.exit_code
-        except typer.Abort:
-            sys.stderr.write("error: interrupted\n")
-            code = 130
-        if isinstance(code, int) and code:
-            raise SystemExit(code)
+        run_app(cli)
