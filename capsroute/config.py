@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from capsroute.config_report import REPORT_KEYS, ReportConfig
+from capsroute.config_rules import check_out_root, check_run_name, check_seed, require_finite
 from capsroute.errors import ConfigError
 from capsroute.logger_config import BOOKKEEPING_PREFIX, LoggerConfig
 
@@ -104,6 +105,7 @@ class DatasetConfig:
             self.name in DATASETS,
             f"unknown dataset '{self.name}'; choose one of: {', '.join(DATASETS)}",
         )
+        require_finite(self, "dataset.")
         _positive("dataset.train_size", self.train_size)
         _positive("dataset.test_size", self.test_size)
         _positive("dataset.train_eval_size", self.train_eval_size)
@@ -173,6 +175,7 @@ class ModelConfig:
             self.kind == "capsnet" or not self.reconstruction,
             "model=baseline_cnn has no decoder: set model.reconstruction=false",
         )
+        require_finite(self, "model.")
         _positive("model.cnn_kernel", self.cnn_kernel)
         _require(
             all(c > 0 for c in [*self.cnn_channels, *self.cnn_hidden]),
@@ -195,6 +198,7 @@ class ModelConfig:
         _positive("model.weight_std", self.weight_std)
         _require(all(h > 0 for h in self.decoder_hidden), "model.decoder_hidden must be > 0")
         _require(self.recon_weight >= 0, "model.recon_weight must be >= 0")
+        _require(self.lambda_neg >= 0, "model.lambda_neg must be >= 0")
         _require(
             0 <= self.m_minus < self.m_plus <= 1,
             f"need 0 <= model.m_minus < model.m_plus <= 1, got {self.m_minus}, {self.m_plus}",
@@ -255,6 +259,7 @@ class RoutingConfig:
             f"routing.mode={self.mode} has no agreement step, so it needs routing.iterations=1 "
             f"(got {self.iterations}); sweep the controls with --iters 1",
         )
+        require_finite(self, "routing.")
         _positive("routing.temperature", self.temperature)
 
 
@@ -286,6 +291,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.lr_min >= 0, f"train.lr_min must be >= 0, got {self.lr_min}")
+        require_finite(self, "train.")
         _positive("train.epochs", self.epochs)
         _positive("train.batch_size", self.batch_size)
         _positive("train.eval_batch_size", self.eval_batch_size)
@@ -323,15 +329,13 @@ class Config:
     run_name: str = "${dataset.name}-r${routing.iterations}-s${seed}"
 
     def __post_init__(self) -> None:
-        _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        check_seed(self.seed)
         _require(
             bool(_DEVICE_PATTERN.match(self.device)),
             f"unknown device '{self.device}'; use auto, cpu, cuda, cuda:N or mps",
         )
-        _require(
-            bool(self.run_name) and ".." not in self.run_name.split("/"),
-            f"run_name '{self.run_name}' must be a non-empty path without '..'",
-        )
+        check_out_root(self.out_root)
+        check_run_name(self.run_name)
         _require(
             self.train.early_stopping_patience is None or self.dataset.val_size is not None,
             "train.early_stopping_patience needs dataset.val_size: stopping on the test set "

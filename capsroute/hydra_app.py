@@ -18,7 +18,7 @@ from typing import Any
 import hydra
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from capsroute.config import Config, first_line, register_schema, to_config
 from capsroute.errors import ConfigError
@@ -66,14 +66,23 @@ def describe_compose_error(exc: BaseException) -> str:
     while current is not None and len(chain) < 4:
         chain.append(str(current))
         current = current.__cause__ or current.__context__
+    yaml_error = _yaml_problem(exc)
+    if yaml_error:
+        return yaml_error
     text = "\n".join(chain)
-    missing_option = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    missing_option = re.search(r"Could not find '(.+)/([^/']+)'", text)
     if missing_option:
         group, name = missing_option.groups()
         after = text.split(f"Available options in '{group}':", 1)
         lines = after[1].splitlines()[1:] if len(after) > 1 else []
         choices = [line.strip() for line in itertools.takewhile(lambda x: x[:1] == "\t", lines)]
         return f"unknown {group} '{name}'; choose one of: {', '.join(choices) or '(none)'}"
+    bad_char = re.search(r"token recognition error at: '(.*?)'", text, re.DOTALL)
+    if bad_char:
+        return (
+            f"an override holds a character the override syntax does not allow "
+            f"({bad_char.group(1)!r}); use letters, digits and . _ + = , - or quote the value"
+        )
     unknown_key = re.search(r"Could not override '([^']+)'", text)
     if unknown_key:
         return (
@@ -85,9 +94,78 @@ def describe_compose_error(exc: BaseException) -> str:
     return lines[0] + (f": {details[0]}" if details else "") if lines else type(exc).__name__
 
 
+# The only callables a config may name: the packaged launchers and sweeper (Hydra instantiates
+# `hydra.launcher` and `hydra.sweeper` by their `_target_`), and standard logging handlers.
+ALLOWED_TARGETS = {
+    "hydra.launcher._target_": (
+        "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+        "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+        "hydra_plugins.capsroute_sweeper._slurm_launcher.CapsrouteSlurmLauncher",
+    ),
+    "hydra.sweeper._target_": (
+        "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+        "hydra_plugins.capsroute_sweeper.ResumableSweeper",
+    ),
+}
+_LOGGING_SECTIONS = ("hydra.hydra_logging", "hydra.job_logging")
+_LOGGING_CLASSES = re.compile(r"logging\.(handlers\.)?[A-Za-z]+Handler")
+
+
+def check_no_code(cfg: Any, where: str = "") -> None:
+    """Refuse a composed config that would make Hydra call anything but the allowed classes.
+
+    Hydra instantiates every `_target_` it meets under `hydra.launcher`, `hydra.sweeper` and
+    `hydra.callbacks` (nested ones too, e.g. in submitit's `additional_parameters`), and
+    `logging.config` calls a handler's `class` and any `()` factory. A config, preset or
+    override naming anything else is refused (`ConfigError`) before anything runs.
+    """
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    if isinstance(cfg, dict):
+        items: Any = cfg.items()
+    elif isinstance(cfg, list):
+        items = enumerate(cfg)
+    else:
+        return
+    for key, value in items:
+        path = f"{where}{key}"
+        if key == "_target_" and str(value) not in ALLOWED_TARGETS.get(path, ()):
+            raise ConfigError(
+                f"{path}={value} is refused: a config may not name code to run "
+                "(only the packaged launchers and sweeper); remove it from the config"
+            )
+        if key == "()" or (
+            key == "class"
+            and path.startswith(_LOGGING_SECTIONS)
+            and not _LOGGING_CLASSES.fullmatch(str(value))
+        ):
+            raise ConfigError(
+                f"{path}={value} is refused: logging may use the standard logging handlers "
+                "only; remove it from the config"
+            )
+        check_no_code(value, f"{path}.")
+
+
+def _yaml_problem(exc: BaseException) -> str | None:
+    """`FILE line N: problem; fix the YAML` for a YAML syntax error anywhere in the chain."""
+    import yaml
+
+    current: BaseException | None = exc
+    while current is not None:
+        if isinstance(current, yaml.MarkedYAMLError) and current.problem_mark is not None:
+            mark = current.problem_mark
+            what = "; ".join(str(part) for part in (current.context, current.problem) if part)
+            return f"YAML error in {mark.name} line {mark.line + 1}: {what}; fix that file"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def planned_run_dir(overrides: Sequence[str], config_dir: Path | None = None) -> Path:
     """The directory `capsroute train` would write to (Hydra's `hydra.run.dir`)."""
     composed = compose_config(overrides, config_dir, with_hydra=True)
+    check_no_code(composed.hydra, "hydra.")
     return Path(str(composed.hydra.run.dir))
 
 

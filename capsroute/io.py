@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from capsroute.errors import OutputWriteError
+from capsroute.errors import OutputWriteError, RunDirError
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -78,6 +78,31 @@ def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
         return repr(value)  # full precision: resumed runs must reproduce numbers exactly
     return "" if value is None else value
+
+
+def check_output_dir(folder: Path, option: str) -> Path:
+    """Create `folder` and prove a file can be written there, before any work; `RunDirError`
+    (one line, exit 2) naming the folder, the reason and the option that picks another."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise RunDirError(
+            f"cannot write to {folder} ({os_reason(exc)}); choose another with {option}"
+        ) from exc
+    return folder
+
+
+def check_output_file(path: Path, option: str) -> Path:
+    """`check_output_dir` for a file's folder, and the file itself is not a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise RunDirError(f"{path} is a directory; give a file name with {option}")
+    check_output_dir(path.parent, option)
+    return path
 
 
 def os_reason(exc: OSError) -> str:

@@ -25,13 +25,15 @@ from capsroute.cli.options import (
     parse_choice,
     parse_choice_list,
     parse_dataset_list,
+    parse_int,
     parse_int_list,
     parse_other_dataset,
     parse_precisions,
 )
 from capsroute.cli.status import status as status_command
-from capsroute.config import to_config
+from capsroute.config import Config, to_config
 from capsroute.errors import CapsrouteError, ConfigError, one_line
+from capsroute.io import check_output_dir, check_output_file
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
 from capsroute.run.selection import headline_text
 
@@ -78,10 +80,29 @@ def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
     The run directory (default outputs/runs/<dataset>-r<r>-s<seed>) is resumed when it
     holds a checkpoint of the same config; a completed run is not trained again.
     """
+    from capsroute.run.guard import check_existing_run
+
     overrides = _split_overrides(ctx.args)
-    hydra_app.load_config(overrides, config_dir)  # validate before Hydra makes any directory
-    ensure_writable(hydra_app.planned_run_dir(overrides, config_dir))
-    hydra_app.run_hydra(_train_task, overrides, config_dir)
+    config = _checked_config(overrides, config_dir)  # before Hydra makes any directory
+    run_dir = hydra_app.planned_run_dir(overrides, config_dir)
+    existing = check_existing_run(config, run_dir)  # refusals leave the run untouched
+    if existing.done:
+        typer.echo(existing.message)
+        return
+    ensure_writable(run_dir)
+    # Hydra's `.hydra/` describes the run's first start; it is never rewritten afterwards
+    # (the config a run trained with is in its summary.json and checkpoint)
+    flags = ["hydra.output_subdir=null"] if existing.has_record else []
+    hydra_app.run_hydra(_train_task, [*overrides, *flags], config_dir)
+
+
+def _checked_config(overrides: list[str], config_dir: Path | None) -> Config:
+    """The validated config, with the network's sizes checked against the input images."""
+    from capsroute.nn import check_model_fits
+
+    config = hydra_app.load_config(overrides, config_dir)
+    check_model_fits(config)
+    return config
 
 
 def _train_task(cfg: DictConfig) -> None:
@@ -108,7 +129,7 @@ def sweep(
     launcher: Annotated[
         str | None, typer.Option(help="basic | joblib | submitit_local | submitit_slurm.")
     ] = None,
-    jobs: Annotated[int | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
+    jobs: Annotated[str | None, typer.Option(help="Runs at once (parallel launchers).")] = None,
     jobs_per_gpu: Annotated[int | None, typer.Option(help="Runs at once on each GPU.")] = None,
     mps: Annotated[bool, typer.Option(help="Packed runs share a GPU through CUDA MPS.")] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
@@ -129,7 +150,7 @@ def sweep(
         seeds=None if seeds is None else parse_int_list(seeds, "--seeds", 0),
         name=name,
         launcher=launcher,
-        jobs=jobs,
+        jobs=None if jobs is None else parse_int(jobs, "--jobs", 1),
         jobs_per_gpu=jobs_per_gpu,
         mps=mps,
         overrides=_split_overrides(ctx.args),
@@ -153,6 +174,9 @@ def info(
     overrides = _split_overrides(ctx.args)
     composed = hydra_app.compose_config(overrides, config_dir)
     config = to_config(composed)
+    from capsroute.nn import check_model_fits
+
+    check_model_fits(config)
     if cfg:
         typer.echo(OmegaConf.to_yaml(composed, resolve=True).rstrip())
         return
@@ -279,7 +303,9 @@ def bench(
     )
 
     overrides = [*_split_overrides(ctx.args), f"device={device}"]
-    config = to_config(hydra_app.compose_config(overrides, config_dir))
+    config = _checked_config(overrides, config_dir)
+    if json_path is not None:
+        check_output_file(json_path, "--json")  # before the timing, not after
     console = Console(width=None if sys.stdout.isatty() else 150)  # the table is wide
     with exit_on_error():
         rows = run_bench(
@@ -351,6 +377,7 @@ def ensemble(
     runs = [run for run in find_run_dirs(paths) if (run / CHECKPOINT_FILE).is_file()]
     if not runs:
         raise ConfigError(f"no run with checkpoint.pt under {', '.join(map(str, paths))}")
+    check_output_dir(out or paths[0], "--out")  # before the evaluation, not after
     with exit_on_error():
         result = evaluate_ensemble(runs, data_root)
         path = write_ensemble(result, out or paths[0])
@@ -444,5 +471,7 @@ class exit_on_error:  # noqa: N801 (used as a context manager, reads as a statem
 
 def main() -> None:
     """Console-script entry point."""
+    from capsroute.cli.entry import run_app
+
     with exit_on_error():
-        cli()
+        run_app(cli)

@@ -14,6 +14,13 @@ from capsroute.config import DATASETS, PRECISIONS, VIEWPOINT_DATASETS
 from capsroute.errors import ConfigError
 
 
+def parse_int(text: str, option: str, minimum: int) -> int:
+    """One integer >= `minimum` (typer's own int parsing prints a multi-line box)."""
+    if not re.fullmatch(r"\s*[+-]?\d+\s*", text) or int(text) < minimum:
+        raise ConfigError(f"{option} needs one integer >= {minimum}, got '{text}'")
+    return int(text)
+
+
 def parse_int_list(text: str, option: str, minimum: int) -> list[int]:
     """`"1,3,5"` -> `[1, 3, 5]`: integers >= `minimum`, no duplicates, not empty."""
     items = [item.strip() for item in text.split(",")]

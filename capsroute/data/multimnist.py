@@ -24,17 +24,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from capsroute.config import COMBINES
+from capsroute.digest import DIGEST_KEY, content_digest
 from capsroute.errors import DataError, OutputWriteError
 from capsroute.io import atomic_write_bytes
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the file holds the sha256 of its content
 MNIST_SIZE = 28
 SPLITS = ("train", "val", "test")
 MAX_PIXEL = 255
@@ -189,13 +192,13 @@ def load_or_generate(
     and saved there (atomically). `DataError` when the cache cannot be written."""
     path = cache_path(cache_dir, spec, fingerprint(source_images, source_labels))
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        plan = MultiMNISTPlan(**saved["plan"])
-        return MultiMNIST(saved["images"], plan.labels, plan, spec)
+        return read_cache(path, spec)
     plan = make_plan(source_labels, spec)
     images = render(source_images.cpu(), plan, spec.canvas, combine=spec.combine)
+    payload: dict[str, Any] = {"plan": vars(plan), "images": images, "spec": asdict(spec)}
+    payload[DIGEST_KEY] = content_digest(payload)
     buffer = io.BytesIO()
-    torch.save({"plan": vars(plan), "images": images, "spec": asdict(spec)}, buffer)
+    torch.save(payload, buffer)
     try:
         atomic_write_bytes(path, buffer.getvalue())
     except (OSError, OutputWriteError) as exc:  # mkdir fails before the atomic write's own check
@@ -203,4 +206,27 @@ def load_or_generate(
             f"cannot write the MultiMNIST cache in {path.parent}: point the cache at a "
             "writable folder (the data root may be read-only)"
         ) from exc
+    return MultiMNIST(images, plan.labels, plan, spec)
+
+
+def read_cache(path: Path, spec: MultiMNISTSpec) -> MultiMNIST:
+    """A cached set, checked against the digest recorded when it was written and against
+    `spec`'s size; a damaged file is named with the fix (delete it: it is regenerated)."""
+    fix = f"MultiMNIST cache {path} is damaged ({{}}); delete it and it is generated again"
+    try:
+        with warnings.catch_warnings():  # torch warns (3 lines) about refused pickles
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file: zip, pickle or tensor errors
+        raise DataError(fix.format(type(exc).__name__)) from exc
+    if not isinstance(saved, dict) or saved.get(DIGEST_KEY) != content_digest(saved):
+        raise DataError(fix.format("its content does not match its sha256"))
+    try:
+        plan = MultiMNISTPlan(**saved["plan"])
+        images = saved["images"]
+        shape_ok = tuple(images.shape) == (plan.labels.shape[0], 1, spec.canvas, spec.canvas)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise DataError(fix.format(f"no {exc}")) from exc
+    if not shape_ok or saved.get("spec") != asdict(spec):
+        raise DataError(fix.format("it was made for another spec"))
     return MultiMNIST(images, plan.labels, plan, spec)

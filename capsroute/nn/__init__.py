@@ -22,3 +22,27 @@ def build_model(config: Config) -> CapsNet | BaselineCNN:
             model.cnn_dropout, model.standardize,
         )  # fmt: skip
     return CapsNet(shape, info.num_classes, model, config.routing, targets=info.targets)
+
+
+def check_model_fits(config: Config) -> None:
+    """Refuse (`ConfigError`) convolution sizes the input images cannot hold, before any work.
+
+    With `model.padding=valid` (the paper's) Conv1 then PrimaryCaps must leave at least a 1x1
+    grid; 'same' padding (and the baseline CNN's) fits any kernel. Also checks `dataset.crop`.
+    """
+    from capsroute.errors import ConfigError
+    from capsroute.nn.official import output_size
+
+    _, height, width = input_shape(config.dataset)  # raises for a crop larger than the images
+    model = config.model
+    if model.kind != "capsnet":
+        return
+    side = min(height, width)
+    after_conv1 = output_size(side, model.conv1_kernel, 1, model.padding)
+    grid = output_size(after_conv1, model.primary_kernel, model.primary_stride, model.padding)
+    if grid < 1:
+        raise ConfigError(
+            f"model.conv1_kernel={model.conv1_kernel} and model.primary_kernel="
+            f"{model.primary_kernel} do not fit the {height}x{width} {config.dataset.name} "
+            f"input: their sum minus 1 must be <= {side}"
+        )

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from capsroute.errors import CapsrouteError, ConfigError
 from capsroute.hydra_app import load_config
-from capsroute.io import read_json
+from capsroute.io import check_output_dir, read_json
 from capsroute.report import plots, robustness
 from capsroute.report.aggregate import METRICS_CHOICES, comparison_table, per_run, summary_table
 from capsroute.report.diagnostics import (
@@ -154,6 +154,7 @@ def make_report(
     if runset.epochs.empty:
         reasons = "; ".join(f"{w.run}: {w.problem}" for w in runset.warnings.itertuples())
         raise NoRunsError(f"none of the {runset.found} runs under {where} is usable ({reasons})")
+    check_output_dir(out_dir, "--out")  # before the tables and figures, not after
     runs = per_run(runset.epochs, runset.group_columns)
     robust = robustness.per_run_rows(runset.cross, runset.configs)
     validated = not robust.empty and all(

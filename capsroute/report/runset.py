@@ -6,9 +6,10 @@ that is still running, failed, was interrupted, or whose files are missing, dama
 inconsistent becomes one row of a warnings table instead of data, so one bad run never
 breaks a report and never silently biases an average.
 
-The config comes from `.hydra/config.yaml` (what Hydra saved), else from `summary.json`'s
-`config`. Swept axes are found from the data: `dataset.name`, `routing.iterations` and `seed`
-always, plus any other config key whose value differs between the usable runs.
+The config comes from `summary.json`'s `config` (what the training loop recorded), else,
+for runs written before it held one, from `.hydra/config.yaml`. Swept axes are found from the
+data: `dataset.name`, `routing.iterations` and `seed` always, plus any other config key whose
+value differs between the usable runs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ BOOKKEEPING_KEYS = frozenset(
     {
         "dataset.root",
         "dataset.download",
+        "dataset.cache_dir",
         "train.progress",
         "out_root",
         "run_name",
@@ -231,9 +233,13 @@ def _read_summary(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         raise UnusableRunError("summary.json missing (not started by capsroute, or damaged)")
     try:
-        return read_json(path)
+        summary = read_json(path)
     except (OSError, ValueError) as exc:
         raise UnusableRunError(f"summary.json unreadable ({type(exc).__name__})") from exc
+    problem = rundir.summary_problem(summary)
+    if problem:
+        raise UnusableRunError(f"summary.json {problem} (damaged)")
+    return summary
 
 
 def _status_problem(summary: dict[str, Any], status: str) -> str:
@@ -248,20 +254,20 @@ def _status_problem(summary: dict[str, Any], status: str) -> str:
 
 
 def _read_config(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The config the run trained with: `summary.json`'s copy, written by the training loop
+    itself (a refused command never touches it); `.hydra/config.yaml` only for older runs."""
+    config = summary.get("config")
+    if isinstance(config, dict):
+        return config
     path = run_dir / ".hydra" / "config.yaml"
     if path.exists():
         try:
             loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
             if isinstance(loaded, dict):
                 return loaded
-        except Exception:
-            pass
-    config = summary.get("config")
-    if not isinstance(config, dict):
-        raise UnusableRunError(
-            "no config: .hydra/config.yaml and summary.json 'config' both missing"
-        )
-    return config
+        except Exception as exc:  # any YAML/OmegaConf error: the file is damaged
+            raise UnusableRunError(f".hydra/config.yaml unreadable ({type(exc).__name__})") from exc
+    raise UnusableRunError("no config: summary.json 'config' and .hydra/config.yaml both missing")
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -278,6 +284,7 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_metrics(path: Path, summary: dict[str, Any]) -> pd.DataFrame:
     """metrics.csv, checked complete: every needed column numeric, epochs 1..n, n as promised."""
     frame = _read_numeric_csv(path, REQUIRED_METRICS)
+    check_ranges(frame, path.name)
     epochs = frame["epoch"].tolist()
     if epochs != list(range(1, len(frame) + 1)):
         raise UnusableRunError(f"{path.name} epochs are {epochs[:6]}..., not 1..{len(frame)}")
@@ -290,6 +297,20 @@ def read_metrics(path: Path, summary: dict[str, Any]) -> pd.DataFrame:
     ):
         raise UnusableRunError(f"{path.name} last test_acc disagrees with summary.json ({final})")
     return frame
+
+
+def check_ranges(frame: pd.DataFrame, name: str) -> None:
+    """Every number finite; accuracies (`*_acc`) in [0, 1]; every other column >= 0."""
+    for column in frame.select_dtypes("number").columns:
+        values = frame[column].dropna()
+        if not values.map(math.isfinite).all():
+            raise UnusableRunError(f"{name} column {column} holds a non-finite number (damaged)")
+        high = 1.0 if column.endswith("_acc") else math.inf
+        outside = values[~values.between(0.0, high)]
+        if len(outside):
+            raise UnusableRunError(
+                f"{name} column {column} holds {outside.iloc[0]!r}, outside [0, {high:g}] (damaged)"
+            )
 
 
 def read_routing(path: Path, metrics: pd.DataFrame, config: dict[str, Any]) -> pd.DataFrame:

@@ -16,24 +16,17 @@ check both paths against the whole-batch torch routing and a plain Procedure 1.
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 
+from capsroute.routing.kernel_build import build_kernel as _build_kernel
 from capsroute.routing.reference import (
     accumulation_dtype,
     bias_gradient,
@@ -266,25 +259,7 @@ class _BlockedRouting(torch.autograd.Function):
         return grad_u_hat, bias_gradient(ctx, grad_bias), None, None, None, None, None, None
 
 
-CPU_KERNEL = os.environ.get("CAPSROUTE_ROUTING_KERNEL", "1") != "0"
-"""Route float32 û on the CPU with `_KERNEL_SOURCE`, compiled on first use by the system's C
-compiler (`$CC`, else `cc`) and cached (`$CAPSROUTE_KERNEL_CACHE`, else ~/.cache/capsroute).
-Without a compiler, or with `CAPSROUTE_ROUTING_KERNEL=0`, the same routing runs as torch
-operations in blocks (`CPU_BLOCK_BYTES`); tests check the two against each other.
-
-Why: in torch ops every routing iteration is about four separate passes over û, each a batched
-matrix-vector product of (1 x 1152) x (1152 x 16) or (1 x 16) x (16 x 1152) that MKL runs far
-below the machine's speed, plus softmax, copies and per-op overhead; the cost per extra
-iteration at batch 128 (~25-40 ms on the 2-core machine) kept a train step at r = 5 ~10-16%
-slower than at r = 1. The kernel routes one example at a time: it copies the example's rows of
-û once into a contiguous buffer that stays in the cache, and every iteration is one sweep over
-it (forward: agreement, softmax and weighted sum together; backward: agreement, softmax
-derivative and weighted sum together, then one sweep that writes the gradient of û straight
-into û's own layout). Examples run side by side on the worker threads (`_run_blocks`).
-"""
-
-_KERNEL_SOURCE = (resources.files("capsroute.routing") / "kernel.c").read_text()
-_KERNEL_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-std=c99", "-shared", "-fPIC")
+CPU_KERNEL = os.environ.get("CAPSROUTE_ROUTING_KERNEL", "1") != "0"  # see kernel_build
 _kernels: dict[tuple[int, int], Any] = {}  # (N_out, D) -> ctypes library, or None: not built
 _kernels_lock = threading.Lock()
 log = logging.getLogger("capsroute")
@@ -302,82 +277,6 @@ def _cpu_kernel(u_hat: Tensor, bias: Tensor) -> Any:
         if (n_out, dim) not in _kernels:
             _kernels[n_out, dim] = _build_kernel(n_out, dim)
         return _kernels[n_out, dim]
-
-
-def _build_kernel(n_out: int, dim: int) -> Any:
-    """Compile (or find in the cache) and load the kernel for N_out parents of dimension D."""
-    compiler = os.environ.get("CC", "cc")
-    defines = (f"-DPARENTS={n_out}", f"-DDIM={dim}")
-    # -march=native first (AVX2/FMA on the development machine); the cache key holds the CPU
-    for arch in (("-march=native",), ()):
-        flags = (*_KERNEL_FLAGS, *arch, *defines)
-        key = hashlib.sha256(
-            "\0".join((_KERNEL_SOURCE, compiler, *flags, platform.machine(), _cpu_flags())).encode()
-        ).hexdigest()[:16]
-        path = _kernel_cache() / f"routing-{key}.so"
-        try:
-            if not path.exists():
-                _compile(compiler, flags, path)
-            library = ctypes.CDLL(str(path))
-        except (OSError, subprocess.SubprocessError) as error:
-            log.debug("routing kernel with %s: %s", " ".join(flags), error)
-            continue
-        pointer, size = ctypes.c_void_p, ctypes.c_int64
-        library.routing_forward.argtypes = [pointer, *[size] * 7, ctypes.c_int, *[pointer] * 6]
-        library.routing_backward.argtypes = [
-            pointer, *[size] * 7, ctypes.c_int, *[pointer] * 5, size, size, pointer
-        ]  # fmt: skip
-        library.routing_forward.restype = library.routing_backward.restype = ctypes.c_int
-        return library
-    log.warning(
-        "no C compiler could build the routing kernel (%s): routing runs as torch operations, "
-        "slower on the CPU; set CC to a C compiler to fix",
-        compiler,
-    )
-    return None
-
-
-def _compile(compiler: str, flags: tuple[str, ...], path: Path) -> None:
-    """Compile `_KERNEL_SOURCE` to `path` (written under a temporary name, then renamed, so
-    that processes compiling at once never load a half-written file)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "routing.c"
-        source.write_text(_KERNEL_SOURCE)
-        built = Path(tmp) / "routing.so"
-        subprocess.run(
-            [compiler, *flags, "-o", str(built), str(source), "-lm"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        shutil.copyfile(built, partial)
-        os.replace(partial, path)
-
-
-def _kernel_cache() -> Path:
-    root = os.environ.get("CAPSROUTE_KERNEL_CACHE")
-    if root:
-        return Path(root)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "capsroute"
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-        if os.access(cache, os.W_OK):
-            return cache
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir()) / f"capsroute-{os.getuid() if hasattr(os, 'getuid') else 0}"
-
-
-def _cpu_flags() -> str:
-    """The CPU's feature flags (Linux), so that a cache shared between machines never hands
-    one CPU a kernel built with instructions only another has."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            return next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor()
 
 
 def _pointer(tensor: Tensor | None) -> int | None:

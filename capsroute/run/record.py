@@ -118,6 +118,30 @@ def exit_note(exc: SystemExit, epoch: int) -> str:
     return f"exited (SystemExit {exc.code}) after epoch {epoch}; run the same command to resume"
 
 
+def record_not_started(config: Config, run_dir: Path, status: str, error: str) -> None:
+    """A summary for a run stopped before its first record (e.g. SIGTERM during start-up);
+    a run that already has a summary keeps it untouched."""
+    if (run_dir / rundir.SUMMARY_FILE).exists():
+        return
+    summary = {
+        "status": status,
+        "run_dir": str(run_dir),
+        "dataset": config.dataset.name,
+        "iterations": config.routing.iterations,
+        "seed": config.seed,
+        "epochs": config.train.epochs,
+        "epochs_completed": 0,
+        "started_at": utc_now(),
+        "updated_at": utc_now(),
+        "error": error,
+        "config": config_to_dict(config),
+    }
+    try:
+        write_json(run_dir / rundir.SUMMARY_FILE, summary)
+    except (OSError, CapsrouteError) as exc:
+        log.error("could not record status %s in %s: %s", status, run_dir, one_line(exc))
+
+
 def stops_early(metrics: list[dict[str, Any]], patience: int | None) -> bool:
     """Whether `patience` epochs have passed since the first highest validation accuracy.
 

@@ -1,6 +1,7 @@
 """The run directory on disk: every file name and column list of a run, its lock and statuses.
 
-Layout (written as the run goes): `.hydra/` (Hydra's resolved config and overrides),
+Layout (written as the run goes): `.hydra/` (Hydra's config and overrides as of the first start;
+the config the run trained with is `summary.json`'s `config`, which only training writes),
 `metrics.csv` (one row per epoch), `routing.csv` (one row per epoch and routing iteration),
 `summary.json` (status and headline numbers), `checkpoint.pt` and `capsroute.log`.
 Every file is replaced atomically (`capsroute.io`), so a crash at any moment leaves either the
@@ -10,6 +11,7 @@ old or the new version, never a half-written one.
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -197,6 +199,53 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
         return read_json(run_dir / SUMMARY_FILE)
     except (OSError, ValueError):
         return {}
+
+
+STATUSES = (STATUS_RUNNING, STATUS_COMPLETED, STATUS_FAILED, STATUS_INTERRUPTED)
+
+
+def summary_problem(summary: dict[str, Any]) -> str | None:
+    """What makes a `summary.json` implausible (wrong types, accuracies outside [0, 1],
+    non-finite numbers), or None. Only training writes it, so any of these means damage."""
+    if summary.get("status") not in STATUSES:
+        return f"has status {summary.get('status')!r}"
+    for key in ("epochs_completed", "epochs"):
+        value = summary.get(key)
+        if value is not None and not (_is_int(value) and value >= 0):
+            return f"has {key} {value!r}, not a count"
+    for key in ("final_test_acc", "best_test_acc", "final_train_eval_acc", "test_acc_at_best"):
+        value = summary.get(key)
+        if value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
+            return f"has {key} {value!r}, not an accuracy in [0, 1]"
+    if "config" in summary and not isinstance(summary["config"], dict):
+        return "has a config that is not a mapping"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_checked_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's `summary.json` ({} when there is none); `RunDirError` naming the file and the
+    fix when it is unreadable or implausible, so no command acts on a damaged record."""
+    path = run_dir / SUMMARY_FILE
+    if not path.exists():
+        return {}
+    try:
+        summary = read_json(path)
+        problem = summary_problem(summary)
+    except (OSError, ValueError) as exc:
+        summary, problem = {}, f"is unreadable ({type(exc).__name__})"
+    if problem:
+        raise RunDirError(
+            f"{path} {problem}: the file is damaged; restore it, or move the run directory away"
+        )
+    return summary
 
 
 def lock_holder(run_dir: Path) -> str | None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,7 +47,7 @@ from capsroute.nn import build_model
 from capsroute.nn.capsnet import CapsNet, CapsNetOutput, correct_predictions, reseed_routing
 from capsroute.nn.losses import LossParts
 from capsroute.run import rundir
-from capsroute.run.checkpoint import load_checkpoint, save_checkpoint
+from capsroute.run.checkpoint import load_checkpoint, resume_from, save_checkpoint
 from capsroute.run.evaluate import EvalResult, evaluate
 from capsroute.run.graph_step import (
     GraphedTrainStep,
@@ -57,16 +56,19 @@ from capsroute.run.graph_step import (
     portable_optimizer_state,
     uses_graph,
 )
+from capsroute.run.guard import check_existing_run
 from capsroute.run.record import (
     TrainState,
     exit_note,
     finish_summary,
     new_summary,
+    record_not_started,
     record_stop,
     stops_early,
     write_summary,
 )
 from capsroute.run.schedule import lr_multiplier
+from capsroute.run.signals import InterruptedRunError, StopRequest, stop_requests
 from capsroute.run.trackers import epoch_values, open_trackers
 
 log = logging.getLogger("capsroute")
@@ -87,21 +89,42 @@ class NonFiniteLossError(CapsrouteError):
     """The training loss became NaN or infinite."""
 
 
-class InterruptedRunError(CapsrouteError):
-    """SIGINT or SIGTERM arrived; the run stopped at its last complete checkpoint."""
-
-    code = 130
-
-
 def train_run(config: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
     """Train (or resume, or confirm complete) the run in `run_dir`; return its summary."""
     run_dir = Path(run_dir)
     rundir.ensure_writable(run_dir)
-    with rundir.run_lock(run_dir):
-        return _train_locked(config, run_dir, console or Console(stderr=True))
+    with stop_requests() as stop, rundir.run_lock(run_dir):
+        remove_partial_writes(run_dir)
+        try:
+            return _train_locked(config, run_dir, console or Console(stderr=True), stop)
+        except KeyboardInterrupt as exc:  # only off the main thread, or from a test
+            raise InterruptedRunError(
+                f"interrupted; run the same command to resume ({rundir.SUMMARY_FILE} says where)"
+            ) from exc
 
 
-def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, Any]:
+def remove_partial_writes(run_dir: Path) -> None:
+    """Delete the temporary files of writes a SIGKILL cut short (`.checkpoint.pt.*.tmp`, up to
+    the checkpoint's size); safe under the run's lock, where no one else writes."""
+    for partial in run_dir.glob(".*.tmp"):
+        partial.unlink(missing_ok=True)
+
+
+def _train_locked(
+    config: Config, run_dir: Path, console: Console, stop: StopRequest
+) -> dict[str, Any]:
+    existing = check_existing_run(config, run_dir, check_lock=False)
+    if existing.done:  # the record stays exactly as training left it
+        log.info(existing.message)
+        return rundir.read_summary(run_dir)
+    try:
+        return _train(config, run_dir, console, stop)
+    except InterruptedRunError as exc:  # before the loop's own record: note it here
+        record_not_started(config, run_dir, rundir.STATUS_INTERRUPTED, str(exc))
+        raise
+
+
+def _train(config: Config, run_dir: Path, console: Console, stop: StopRequest) -> dict[str, Any]:
     device = setup_torch(config)
     checkpoint_path = run_dir / rundir.CHECKPOINT_FILE
     checkpoint = load_checkpoint(checkpoint_path) if checkpoint_path.exists() else None
@@ -115,10 +138,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
     scaler = grad_scaler(device, config.train.precision)
     state = TrainState(epoch=0, step=0, metrics=[], routing=[], wall_seconds=0.0)
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        resume_from(checkpoint, checkpoint_path, model, optimizer, schedule, scaler)
         state = TrainState(**checkpoint["state"])
         log.info("resuming %s after epoch %d of %d", run_dir, state.epoch, config.train.epochs)
     step_fn: torch.nn.Module | GraphedTrainStep
@@ -128,6 +148,7 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
     if state.epoch >= config.train.epochs or stops_early(state.metrics, patience):
         log.info("%s already completed %d epochs; nothing to train", run_dir, state.epoch)
         return finish_summary(summary, state, rundir.STATUS_COMPLETED, run_dir)
+    stop.check()  # a signal during start-up: nothing trained yet
     write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
     if uses_graph(config, device):  # same steps, replayed from one CUDA graph
         optimizer = capturable_adam(optimizer, torch.zeros((), device=device))
@@ -135,29 +156,31 @@ def _train_locked(config: Config, run_dir: Path, console: Console) -> dict[str, 
         step_fn = GraphedTrainStep(model, optimizer, config, batch_shape, state.step).prepare()
     trackers = open_trackers(config, run_dir, state.metrics, state.routing)
     try:
-        with stop_on_signals():
-            for epoch in range(state.epoch + 1, config.train.epochs + 1):
-                started = time.perf_counter()
-                row, routing_rows = run_epoch(
-                    config, epoch, model, step_fn, optimizer, schedule, scaler, splits, device,
-                    state, console,
-                )  # fmt: skip
-                state.epoch = epoch
-                state.metrics.append(row)
-                state.routing.extend(routing_rows)
-                state.wall_seconds += time.perf_counter() - started
-                save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
-                write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
-                trackers.log_epoch(epoch, epoch_values(row, routing_rows))
-                log.info(epoch_line(row, config.train.epochs))
-                if stops_early(state.metrics, patience):
-                    log.info("no better validation accuracy for %d epochs: stopping", patience)
-                    break
+        # signals are acted on by `stop.check()` between steps, never inside a write
+        for epoch in range(state.epoch + 1, config.train.epochs + 1):
+            started = time.perf_counter()
+            row, routing_rows = run_epoch(
+                config, epoch, model, step_fn, optimizer, schedule, scaler, splits, device,
+                state, console, stop,
+            )  # fmt: skip
+            state.epoch = epoch
+            state.metrics.append(row)
+            state.routing.extend(routing_rows)
+            state.wall_seconds += time.perf_counter() - started
+            save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
+            write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+            trackers.log_epoch(epoch, epoch_values(row, routing_rows))
+            log.info(epoch_line(row, config.train.epochs))
+            stop.check()
+            if stops_early(state.metrics, patience):
+                log.info("no better validation accuracy for %d epochs: stopping", patience)
+                break
     except InterruptedRunError as exc:
         trackers.finish(record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc)))
         raise
     except SystemExit as exc:  # e.g. submitit exiting for a SLURM requeue after USR2
-        record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, exit_note(exc, state.epoch))
+        note = exit_note(exc, state.epoch)
+        trackers.finish(record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, note))
         raise
     except KeyboardInterrupt as exc:
         trackers.finish(
@@ -242,6 +265,7 @@ def run_epoch(
     device: torch.device,
     state: TrainState,
     console: Console,
+    stop: StopRequest | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One pass over the training set, then evaluation; returns the metrics and routing rows."""
     train, dataset = config.train, config.dataset
@@ -266,6 +290,8 @@ def run_epoch(
             loss, margin, recon, correct = means
             first_bad_step = torch.tensor(bad_step)
         for batch in () if isinstance(step_fn, GraphedTrainStep) else epoch_data:
+            if stop is not None:
+                stop.check()
             out, parts = train_step(
                 step_fn,
                 optimizer,
@@ -299,12 +325,19 @@ def run_epoch(
     train_seconds = time.perf_counter() - started
     if not isinstance(step_fn, GraphedTrainStep):
         loss, margin, recon, correct = (totals / max(seen, 1)).tolist()
+        if seen == 0 and batches:
+            raise NonFiniteLossError(
+                f"every training step of epoch {epoch} had a non-finite loss (all skipped by "
+                f"train.nonfinite=skip); the last good checkpoint is kept: {likely_cause(config)}"
+            )
     if not math.isfinite(loss):
         raise NonFiniteLossError(
             f"training loss became {loss} in epoch {epoch} at step {int(first_bad_step)}; the "
-            "last good checkpoint is kept: lower train.lr, use train.precision=fp32, or skip "
-            "such steps with train.nonfinite=skip"
+            f"last good checkpoint is kept: {likely_cause(config)}, or skip such steps with "
+            "train.nonfinite=skip"
         )
+    if stop is not None:
+        stop.check()
     eval_started = time.perf_counter()
     eval_args = (config.dataset, config.model, train.eval_batch_size, device, train.precision)
     train_eval = evaluate(model, splits.train_eval, *eval_args)
@@ -324,6 +357,24 @@ def run_epoch(
     split = "val" if val is not None else "test"
     routing_rows = [{"epoch": epoch, "split": split, **r} for r in diagnosed.routing]
     return row, routing_rows
+
+
+# Values beyond which a non-finite loss is most likely the key's doing (paper: lr 1e-3,
+# recon_weight 0.0005, temperature 1).
+LARGE_LR, LARGE_RECON_WEIGHT, SMALL_TEMPERATURE = 0.01, 1.0, 0.01
+
+
+def likely_cause(config: Config) -> str:
+    """The config key most likely behind a NaN/Inf loss, as advice (the first that applies)."""
+    if config.train.lr > LARGE_LR:
+        return f"train.lr={config.train.lr:g} is large, lower it (the paper uses 0.001)"
+    if config.model.recon_weight > LARGE_RECON_WEIGHT:
+        return f"model.recon_weight={config.model.recon_weight:g} is large, lower it"
+    if config.routing.mode == "random" and config.routing.temperature < SMALL_TEMPERATURE:
+        return f"routing.temperature={config.routing.temperature:g} is tiny, raise it"
+    if config.train.precision != "fp32":
+        return f"train.precision={config.train.precision} may overflow, use fp32"
+    return "lower train.lr or use train.precision=fp32"
 
 
 def metrics_row(
@@ -435,24 +486,3 @@ def save_epoch(
             "state": vars(state),
         },
     )
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM (what SLURM sends before pre-emption) into the same stop as Ctrl-C."""
-
-    def handler(signum: int, _frame: object) -> None:
-        raise InterruptedRunError(
-            f"stopped by {signal.Signals(signum).name}; run the same command to resume"
-        )
-
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (e.g. a launcher's worker thread)
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

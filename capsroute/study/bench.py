@@ -54,6 +54,7 @@ from capsroute.device import (
     synchronize,
 )
 from capsroute.errors import ConfigError
+from capsroute.io import atomic_write_text
 from capsroute.nn import build_model
 from capsroute.nn.capsnet import CapsNet
 from capsroute.nn.official import output_size, pad_for
@@ -391,9 +392,8 @@ def run_bench(
 
 def write_json(rows: list[BenchRow], path: Path) -> None:
     """The rows as a JSON list of flat objects (NaN-free: missing values are null)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = [asdict(row) for row in rows]
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:

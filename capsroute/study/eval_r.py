@@ -129,6 +129,12 @@ def evaluate_run(
             config = dataclasses.replace(config, device=device)
         if data_root is not None:
             config.dataset = dataclasses.replace(config.dataset, root=str(data_root))
+        if config.model.kind != "capsnet" and dataset is None:
+            raise ConfigError(
+                f"{run_dir} trained a {config.model.kind}, which has no routing to evaluate "
+                "at other r; evaluate CapsNet runs only, or score it on another test set "
+                "with --dataset"
+            )
         if split == "val" and config.dataset.val_size is None:
             raise ConfigError(
                 f"{run_dir} has no validation split (trained without dataset.val_size); "

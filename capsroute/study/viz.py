@@ -40,7 +40,7 @@ from capsroute.config import Config
 from capsroute.data.batches import eval_batches, make_splits
 from capsroute.data.viewpoint import evaluation_set
 from capsroute.errors import ConfigError
-from capsroute.io import atomic_write_bytes
+from capsroute.io import atomic_write_bytes, check_output_dir
 from capsroute.nn.capsnet import CapsNet, correct_predictions, predicted_classes
 from capsroute.run import checkpoint
 from capsroute.study.eval_r import check_same_shape
@@ -282,7 +282,7 @@ def make_figures(
     """
     run = load_run(Path(run_dir), data_root, other=dataset)
     default = Path(run_dir) / "viz" / (dataset or "")
-    folder = Path(out_dir) if out_dir is not None else default
+    folder = check_output_dir(Path(out_dir) if out_dir is not None else default, "--out")
     written = [coupling(run, folder / "coupling.png")]
     if run.model.decoder is not None:
         written.insert(0, reconstructions(run, folder / "reconstructions.png", examples))

@@ -206,3 +206,27 @@ def test_multimnist_trains_end_to_end_and_learns_both_digits(
     written = viz.make_figures(run, examples=3)
     assert [p.name for p in written] == ["reconstructions.png", "perturbation.png", "coupling.png"]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_a_damaged_cache_is_named_not_used(tmp_path: Path) -> None:
+    """The cache records the sha256 of its content: flipped bytes or another spec's file are
+    named in one line with the fix (delete it), never read with wrong images or labels."""
+    from capsroute.data.multimnist import MultiMNISTSpec, cache_path, fingerprint, load_or_generate
+    from capsroute.errors import DataError
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(40) % 10
+    spec = MultiMNISTSpec(split="test", size=20, shift=2)
+    made = load_or_generate(images, labels, spec, tmp_path)
+    path = cache_path(tmp_path, spec, fingerprint(images, labels))
+    again = load_or_generate(images, labels, spec, tmp_path)  # read back, checked
+    assert torch.equal(again.images, made.images)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"damaged .*delete it"):
+        load_or_generate(images, labels, spec, tmp_path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="damaged"):
+        load_or_generate(images, labels, spec, tmp_path)

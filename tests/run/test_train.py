@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from capsroute.errors import CheckpointError, RunDirError
+from capsroute.errors import RunDirError
 from capsroute.hydra_app import load_config
 from capsroute.run import rundir
 from capsroute.run.rundir import METRICS_COLUMNS
@@ -111,7 +111,8 @@ def test_completed_run_is_not_trained_again(tmp_path: Path, tiny_overrides: list
 def test_refuses_to_resume_a_different_config(tmp_path: Path, tiny_overrides: list[str]) -> None:
     run = tmp_path / "run"
     train_run(load_config([*tiny_overrides, "train.epochs=1"]), run)
-    with pytest.raises(CheckpointError, match=r"routing.iterations: 3 -> 5"):
+    # refused from the run's summary before anything is loaded or written
+    with pytest.raises(RunDirError, match=r"routing.iterations: 3 -> 5"):
         train_run(load_config([*tiny_overrides, "routing.iterations=5"]), run)
 
 

@@ -30,7 +30,7 @@ from rich.table import Table
 
 from capsroute import hydra_app
 from capsroute.errors import CapsrouteError
-from capsroute.io import utc_now
+from capsroute.io import check_output_dir, utc_now
 from capsroute.run import rundir
 from capsroute.study.sweep import slurm
 from capsroute.study.sweep.gpu_share import mps_daemon
@@ -52,6 +52,7 @@ from capsroute.study.sweep.plan import (
     plan_sweep,
     register_sweeper,
 )
+from capsroute.study.sweep.signals import stop_workers_on_sigterm
 from capsroute.study.sweep.task import sweep_task
 
 log = logging.getLogger("capsroute")
@@ -151,6 +152,7 @@ def sweep(request: SweepRequest, console: Console | None = None) -> SweepPlan:
     print_plan(plan, console)
     if request.dry_run:
         return plan
+    check_output_dir(plan.root, "out_root=DIR or --name")  # before any run starts
     if (plan.count(STATE_NEW) + plan.count(STATE_RESUME)) and slurm.is_slurm_launcher(
         plan.launcher
     ):
@@ -158,7 +160,8 @@ def sweep(request: SweepRequest, console: Console | None = None) -> SweepPlan:
     console.print(
         f"resume with: {resume_command(request, plan.name)}", highlight=False, soft_wrap=True
     )
-    results = run_sweep(plan, request, console)
+    with stop_workers_on_sigterm():
+        results = run_sweep(plan, request, console)
     bad = failed_runs(results)
     if bad:
         raise CapsrouteError(

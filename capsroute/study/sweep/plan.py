@@ -23,6 +23,7 @@ from capsroute import hydra_app
 from capsroute.config import config_to_dict, register_schema, resume_conflicts, to_config
 from capsroute.errors import ConfigError, RunDirError
 from capsroute.logger_config import require_extras
+from capsroute.nn import check_model_fits
 from capsroute.run import rundir
 from capsroute.study.sweep.options import (
     AXIS_KEYS,
@@ -153,6 +154,8 @@ def compose_jobs(
                         return_hydra_config=True,
                     )
                     require_extras(to_config(cfg).logger)
+                    hydra_app.check_no_code(cfg.hydra, "hydra.")
+                    check_model_fits(to_config(cfg))
                 except ConfigError as exc:
                     raise ConfigError(f"run {' '.join(job)}: {exc}") from exc
                 except Exception as exc:
@@ -237,7 +240,7 @@ def run_state(run_dir: Path, epochs: int) -> tuple[str, str]:
     holder = rundir.lock_holder(run_dir)
     if holder is not None:
         return STATE_LOCKED, rundir.in_use_by(holder)
-    summary = rundir.read_summary(run_dir)
+    summary = rundir.read_checked_summary(run_dir)  # a damaged one stops the plan, named
     done = int(summary.get("epochs_completed") or 0)
     if summary.get("status") == rundir.STATUS_COMPLETED and (
         done >= epochs or summary.get("stopped_early")
