@@ -103,12 +103,16 @@ def spy(name, globals=None, locals=None, fromlist=(), level=0):
     spec = getattr(sys.modules.get(name), "__spec__", None)
     importer = (globals or {}).get("__name__", "")
     if name.startswith("capsroute") and getattr(spec, "_initializing", False):
-        if not importer.startswith(name + "."):
+        if importer != name and not importer.startswith(name + "."):  # not a package's own part
             seen.append((importer, name))
     return real(name, globals, locals, fromlist, level)
 builtins.__import__ = spy
-import capsroute.cli
+import importlib, pkgutil
+import capsroute, capsroute.cli
 from capsroute.routing import dynamic_routing, squash
+for info in pkgutil.walk_packages(capsroute.__path__, "capsroute."):
+    if ".conf" not in info.name and not info.name.endswith("__main__"):
+        importlib.import_module(info.name)
 print(seen)
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)

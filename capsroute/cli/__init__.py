@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from capsroute import hydra_app
+from capsroute.cli.entry import exit_on_error
 from capsroute.cli.options import (
     parse_choice,
     parse_choice_list,
@@ -29,10 +30,11 @@ from capsroute.cli.options import (
     parse_int_list,
     parse_other_dataset,
     parse_precisions,
+    split_overrides,
 )
 from capsroute.cli.status import status as status_command
 from capsroute.config import Config, to_config
-from capsroute.errors import CapsrouteError, ConfigError, one_line
+from capsroute.errors import ConfigError
 from capsroute.io import check_output_dir, check_output_file
 from capsroute.run.rundir import CHECKPOINT_FILE, ensure_writable
 from capsroute.run.selection import headline_text
@@ -63,16 +65,6 @@ cli.command(name="status", context_settings=EXTRA_ARGS)(status_command)
 log = logging.getLogger("capsroute")
 
 
-def _split_overrides(args: list[str]) -> list[str]:
-    """Extra arguments are Hydra overrides (`key=value`); anything else is a typo."""
-    for arg in args:
-        if arg.startswith("-"):
-            raise ConfigError(f"unknown option '{arg}'; see `capsroute --help`")
-        if "=" not in arg:
-            raise ConfigError(f"'{arg}' is not an override; write key=value (e.g. seed=1)")
-    return args
-
-
 @cli.command(context_settings=EXTRA_ARGS)
 def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
     """Train one CapsNet run: `capsroute train KEY=VALUE ...`, e.g. routing.iterations=5.
@@ -82,7 +74,7 @@ def train(ctx: typer.Context, config_dir: ConfigDir = None) -> None:
     """
     from capsroute.run.guard import check_existing_run
 
-    overrides = _split_overrides(ctx.args)
+    overrides = split_overrides(ctx.args)
     config = _checked_config(overrides, config_dir)  # before Hydra makes any directory
     run_dir = hydra_app.planned_run_dir(overrides, config_dir)
     existing = check_existing_run(config, run_dir)  # refusals leave the run untouched
@@ -153,7 +145,7 @@ def sweep(
         jobs=None if jobs is None else parse_int(jobs, "--jobs", 1),
         jobs_per_gpu=jobs_per_gpu,
         mps=mps,
-        overrides=_split_overrides(ctx.args),
+        overrides=split_overrides(ctx.args),
         config_dir=config_dir,
         dry_run=dry_run,
         command=shlex.join(["capsroute", *sys.argv[1:]]),
@@ -171,7 +163,7 @@ def info(
     """Resolved config, parameter counts, dataset sizes and device, without training."""
     from capsroute.cli.info import flatten_details, run_info
 
-    overrides = _split_overrides(ctx.args)
+    overrides = split_overrides(ctx.args)
     composed = hydra_app.compose_config(overrides, config_dir)
     config = to_config(composed)
     from capsroute.nn import check_model_fits
@@ -302,7 +294,7 @@ def bench(
         write_json,
     )
 
-    overrides = [*_split_overrides(ctx.args), f"device={device}"]
+    overrides = [*split_overrides(ctx.args), f"device={device}"]
     config = _checked_config(overrides, config_dir)
     if json_path is not None:
         check_output_file(json_path, "--json")  # before the timing, not after
@@ -441,32 +433,6 @@ def data_check(
 
 def _data_root(root: Path | None) -> Path:
     return Path(root or os.environ.get("CAPSROUTE_DATA") or "data").expanduser().resolve()
-
-
-class exit_on_error:  # noqa: N801 (used as a context manager, reads as a statement)
-    """Turn exceptions into one line on stderr and an exit status.
-
-    CAPSROUTE_DEBUG=1 lets the exception (and its traceback) through instead.
-    """
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, SystemExit | typer.Exit):
-            return False
-        if os.environ.get("CAPSROUTE_DEBUG"):
-            return False
-        if isinstance(exc, CapsrouteError):
-            code, message = exc.code, str(exc)
-        elif isinstance(exc, KeyboardInterrupt):
-            code, message = 130, "interrupted"
-        else:
-            code = 1
-            message = f"{one_line(exc)} (set CAPSROUTE_DEBUG=1 for the traceback)"
-        sys.stderr.write(f"error: {message}\n")
-        sys.stderr.flush()
-        raise SystemExit(code)
 
 
 def main() -> None:

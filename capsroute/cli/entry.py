@@ -1,4 +1,7 @@
-"""Running the Typer app so that usage errors read like every other error: one line.
+"""Running the Typer app so that every error reads the same: one line, an exit status.
+
+`exit_on_error` turns the library's exceptions into that line (CapsrouteError: its own
+status; anything else: 1).
 
 Typer's own handling of a bad option value (`--jobs abc`) or a missing argument prints a
 multi-line box; here they become `error: ...` plus where the help is, exit status 2.
@@ -6,10 +9,13 @@ multi-line box; here they become `error: ...` plus where the help is, exit statu
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import typer
+
+from capsroute.errors import CapsrouteError, one_line
 
 try:
     from click.exceptions import ClickException, NoArgsIsHelpError
@@ -33,3 +39,29 @@ def run_app(app: Any) -> None:
         sys.stderr.write("error: interrupted\n")
         code = 130
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+class exit_on_error:  # noqa: N801 (used as a context manager, reads as a statement)
+    """Turn exceptions into one line on stderr and an exit status.
+
+    CAPSROUTE_DEBUG=1 lets the exception (and its traceback) through instead.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, SystemExit | typer.Exit):
+            return False
+        if os.environ.get("CAPSROUTE_DEBUG"):
+            return False
+        if isinstance(exc, CapsrouteError):
+            code, message = exc.code, str(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            code, message = 130, "interrupted"
+        else:
+            code = 1
+            message = f"{one_line(exc)} (set CAPSROUTE_DEBUG=1 for the traceback)"
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        raise SystemExit(code)

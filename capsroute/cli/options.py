@@ -84,3 +84,13 @@ def parse_other_dataset(text: str | None, split: str = "test") -> str | None:
     if split != "test":
         raise ConfigError("--dataset scores another set's test images: drop --split")
     return parse_choice(text, "--dataset", VIEWPOINT_DATASETS, "dataset")
+
+
+def split_overrides(args: list[str]) -> list[str]:
+    """Extra arguments are Hydra overrides (`key=value`); anything else is a typo."""
+    for arg in args:
+        if arg.startswith("-"):
+            raise ConfigError(f"unknown option '{arg}'; see `capsroute --help`")
+        if "=" not in arg:
+            raise ConfigError(f"'{arg}' is not an override; write key=value (e.g. seed=1)")
+    return args

@@ -156,7 +156,8 @@ def load_run(run_dir: Path, data_root: Path | None = None) -> TrainedRun:
 
     `data_root` replaces the config's `dataset.root` (runs move between machines).
     """
-    from capsroute.config import to_config, with_added_keys
+    from capsroute.config import to_config
+    from capsroute.config_history import with_added_keys
     from capsroute.errors import RunDirError
     from capsroute.nn import build_model
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capsroute.config import Config, config_to_dict, resume_conflicts
+from capsroute.config import Config, config_to_dict
+from capsroute.config_history import resume_conflicts
 from capsroute.errors import RunDirError
 from capsroute.run import rundir
 

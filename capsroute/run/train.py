@@ -16,16 +16,15 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from capsroute.config import Config, ModelConfig, config_to_dict, resume_conflicts
+from capsroute.config import Config, ModelConfig, config_to_dict
+from capsroute.config_history import resume_conflicts
 from capsroute.data.batches import (
     Batch,
     Splits,
@@ -57,6 +56,7 @@ from capsroute.run.graph_step import (
     uses_graph,
 )
 from capsroute.run.guard import check_existing_run
+from capsroute.run.progress import epoch_line, epoch_progress
 from capsroute.run.record import (
     TrainState,
     exit_note,
@@ -409,58 +409,6 @@ def metrics_row(
         "val_margin_loss": val.margin_loss if val is not None else None,
         "lr": lr,
     }
-
-
-@contextmanager
-def epoch_progress(
-    console: Console, epoch: int, epochs: int, batches: int, enabled: bool
-) -> Iterator[Any]:
-    """A rich progress bar on a terminal; plain log lines at every 10% elsewhere.
-
-    Yields `advance(running_loss_tensor, step)`. The loss is read from the device only every
-    `_LOSS_EVERY` steps, so the training step never waits on the host.
-    """
-    label = f"epoch {epoch}/{epochs}"
-    done = 0
-    if enabled and console.is_terminal:
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns, console=console, transient=True) as progress:
-            task = progress.add_task(label, total=batches, loss="-")
-
-            def advance(loss: torch.Tensor, step: int) -> None:
-                fields = {"loss": f"{loss.item():.4f}"} if step % _LOSS_EVERY == 0 else {}
-                progress.update(task, advance=1, **fields)
-
-            yield advance
-        return
-    marks = {max(1, round(batches * k / 10)) for k in range(1, 10)} if enabled else set()
-
-    def advance(loss: torch.Tensor, step: int) -> None:
-        nonlocal done
-        done += 1
-        if done in marks:
-            log.info("%s: %d/%d batches, mean loss %.4f", label, done, batches, loss.item())
-
-    yield advance
-
-
-_LOSS_EVERY = 20
-
-
-def epoch_line(row: dict[str, Any], epochs: int) -> str:
-    """The one-line epoch summary."""
-    return (
-        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
-        f"train {100 * row['train_acc']:.2f}%  train-eval {100 * row['train_eval_acc']:.2f}%  "
-        f"test {100 * row['test_acc']:.2f}% (loss {row['test_loss']:.4f})  "
-        f"{row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
-    )
 
 
 def save_epoch(

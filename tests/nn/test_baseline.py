@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from capsroute.config import config_to_dict, with_added_keys
+from capsroute.config import config_to_dict
+from capsroute.config_history import with_added_keys
 from capsroute.errors import ConfigError
 from capsroute.hydra_app import load_config
 from capsroute.nn import build_model

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from capsroute.config import Config, DatasetConfig, TrainConfig, with_added_keys
+from capsroute.config import Config, DatasetConfig, TrainConfig
+from capsroute.config_history import with_added_keys
 from capsroute.data.batches import make_splits, train_val_indices
 from capsroute.errors import ConfigError
 

@@ -20,7 +20,8 @@ from hydra.core.utils import setup_globals
 from omegaconf import DictConfig, OmegaConf
 
 from capsroute import hydra_app
-from capsroute.config import config_to_dict, register_schema, resume_conflicts, to_config
+from capsroute.config import config_to_dict, register_schema, to_config
+from capsroute.config_history import resume_conflicts
 from capsroute.errors import ConfigError, RunDirError
 from capsroute.logger_config import require_extras
 from capsroute.nn import check_model_fits
