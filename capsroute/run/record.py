@@ -197,3 +197,13 @@ def failure_summary(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         "started_at": utc_now(),
         "config": plain,
     }
+
+
+def keep_saved(state: TrainState, epoch: int) -> None:
+    """Forget an epoch that was counted but whose checkpoint was never written (an exit that
+    landed between the two, e.g. submitit's requeue on SIGUSR2), so the summary never claims
+    more epochs than the checkpoint a resume starts from."""
+    if state.epoch > epoch:
+        state.epoch = epoch
+        state.metrics = [row for row in state.metrics if row["epoch"] <= epoch]
+        state.routing = [row for row in state.routing if row["epoch"] <= epoch]

@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from capsroute.device import (
     keep_cpu_memory_mapped,
     resolve_device,
 )
-from capsroute.errors import CapsrouteError, CheckpointError, one_line
+from capsroute.errors import CheckpointError, one_line
 from capsroute.io import write_csv
 from capsroute.nn import build_model
 from capsroute.nn.capsnet import CapsNet, CapsNetOutput, correct_predictions, reseed_routing
@@ -56,11 +57,13 @@ from capsroute.run.graph_step import (
     uses_graph,
 )
 from capsroute.run.guard import check_existing_run
+from capsroute.run.nonfinite import NonFiniteLossError, likely_cause
 from capsroute.run.progress import epoch_line, epoch_progress
 from capsroute.run.record import (
     TrainState,
     exit_note,
     finish_summary,
+    keep_saved,
     new_summary,
     record_not_started,
     record_stop,
@@ -85,8 +88,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * EPOCH_SEED_STRIDE + epoch
 
 
-class NonFiniteLossError(CapsrouteError):
-    """The training loss became NaN or infinite."""
+@dataclass
+class Trainer:
+    """What one run trains with, held together so the epoch loop takes it as one argument."""
+
+    model: CapsNet
+    step_fn: torch.nn.Module | GraphedTrainStep  # the model, compiled, or its CUDA graph
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    splits: Splits
+    device: torch.device
 
 
 def train_run(config: Config, run_dir: Path, console: Console | None = None) -> dict[str, Any]:
@@ -154,27 +166,31 @@ def _train(config: Config, run_dir: Path, console: Console, stop: StopRequest) -
         optimizer = capturable_adam(optimizer, torch.zeros((), device=device))
         batch_shape = (config.train.batch_size, *input_shape(config.dataset))
         step_fn = GraphedTrainStep(model, optimizer, config, batch_shape, state.step).prepare()
+    trainer = Trainer(model, step_fn, optimizer, schedule, scaler, splits, device)
     trackers = open_trackers(config, run_dir, state.metrics, state.routing)
+    saved = state.epoch  # the epoch the checkpoint on disk holds
     try:
-        # signals are acted on by `stop.check()` between steps, never inside a write
-        for epoch in range(state.epoch + 1, config.train.epochs + 1):
-            started = time.perf_counter()
-            row, routing_rows = run_epoch(
-                config, epoch, model, step_fn, optimizer, schedule, scaler, splits, device,
-                state, console, stop,
-            )  # fmt: skip
-            state.epoch = epoch
-            state.metrics.append(row)
-            state.routing.extend(routing_rows)
-            state.wall_seconds += time.perf_counter() - started
-            save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
-            write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
-            trackers.log_epoch(epoch, epoch_values(row, routing_rows))
-            log.info(epoch_line(row, config.train.epochs))
-            stop.check()
-            if stops_early(state.metrics, patience):
-                log.info("no better validation accuracy for %d epochs: stopping", patience)
-                break
+        try:
+            # signals are acted on by `stop.check()` between steps, never inside a write
+            for epoch in range(state.epoch + 1, config.train.epochs + 1):
+                started = time.perf_counter()
+                row, routing_rows = run_epoch(config, epoch, trainer, state, console, stop)
+                state.epoch = epoch
+                state.metrics.append(row)
+                state.routing.extend(routing_rows)
+                state.wall_seconds += time.perf_counter() - started
+                save_epoch(run_dir, state, model, optimizer, schedule, scaler, config)
+                saved = epoch
+                write_summary(summary, state, rundir.STATUS_RUNNING, run_dir)
+                trackers.log_epoch(epoch, epoch_values(row, routing_rows))
+                log.info(epoch_line(row, config.train.epochs))
+                stop.check()
+                if stops_early(state.metrics, patience):
+                    log.info("no better validation accuracy for %d epochs: stopping", patience)
+                    break
+        except BaseException:  # an exit between counting an epoch and saving it
+            keep_saved(state, saved)
+            raise
     except InterruptedRunError as exc:
         trackers.finish(record_stop(summary, state, rundir.STATUS_INTERRUPTED, run_dir, str(exc)))
         raise
@@ -256,18 +272,16 @@ def train_step(
 def run_epoch(
     config: Config,
     epoch: int,
-    model: CapsNet,
-    step_fn: torch.nn.Module | GraphedTrainStep,
-    optimizer: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
-    scaler: torch.amp.GradScaler,
-    splits: Splits,
-    device: torch.device,
+    trainer: Trainer,
     state: TrainState,
     console: Console,
     stop: StopRequest | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One pass over the training set, then evaluation; returns the metrics and routing rows."""
+    model, step_fn, optimizer, schedule = (
+        trainer.model, trainer.step_fn, trainer.optimizer, trainer.schedule,
+    )  # fmt: skip
+    scaler, splits, device = trainer.scaler, trainer.splits, trainer.device
     train, dataset = config.train, config.dataset
     generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
     reseed_routing(
@@ -357,24 +371,6 @@ def run_epoch(
     split = "val" if val is not None else "test"
     routing_rows = [{"epoch": epoch, "split": split, **r} for r in diagnosed.routing]
     return row, routing_rows
-
-
-# Values beyond which a non-finite loss is most likely the key's doing (paper: lr 1e-3,
-# recon_weight 0.0005, temperature 1).
-LARGE_LR, LARGE_RECON_WEIGHT, SMALL_TEMPERATURE = 0.01, 1.0, 0.01
-
-
-def likely_cause(config: Config) -> str:
-    """The config key most likely behind a NaN/Inf loss, as advice (the first that applies)."""
-    if config.train.lr > LARGE_LR:
-        return f"train.lr={config.train.lr:g} is large, lower it (the paper uses 0.001)"
-    if config.model.recon_weight > LARGE_RECON_WEIGHT:
-        return f"model.recon_weight={config.model.recon_weight:g} is large, lower it"
-    if config.routing.mode == "random" and config.routing.temperature < SMALL_TEMPERATURE:
-        return f"routing.temperature={config.routing.temperature:g} is tiny, raise it"
-    if config.train.precision != "fp32":
-        return f"train.precision={config.train.precision} may overflow, use fp32"
-    return "lower train.lr or use train.precision=fp32"
 
 
 def metrics_row(

@@ -17,7 +17,8 @@ import pytest
 
 from capsroute.hydra_app import load_config
 from capsroute.run import rundir
-from capsroute.run.train import NonFiniteLossError, likely_cause, train_run
+from capsroute.run.nonfinite import NonFiniteLossError, likely_cause
+from capsroute.run.train import train_run
 from tests.cli.test_cli import run_cli
 from tests.cli.test_damaged_inputs import base_overrides
 from tests.run.test_reliability import poison_step

@@ -170,7 +170,7 @@ def poison_step(monkeypatch: pytest.MonkeyPatch, bad_step: int) -> None:
 def test_nonfinite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, tiny_overrides: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from capsroute.run.train import NonFiniteLossError
+    from capsroute.run.nonfinite import NonFiniteLossError
 
     run = tmp_path / "run"
     poison_step(monkeypatch, bad_step=6)  # 4 steps per epoch: the 2nd step of epoch 2
