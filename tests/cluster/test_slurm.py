@@ -344,6 +344,7 @@ def test_a_job_pending_for_a_reason_that_never_clears_is_cancelled_and_reported(
     """The node is kept busy, so the sweep's job waits (Resources); then the partition's time
     limit drops below the job's, so it waits for PartitionTimeLimit, which never clears."""
     busy = ["-c", "2", "--mem=100", "-t", "5", "-J", "capsroute-blocker", "--wrap", "sleep 300"]
+    busy = [f"--output={tmp_path / 'blocker-%j.out'}", *busy]  # not into the working directory
     blocker = subprocess.run(
         ["sbatch", "--parsable", *busy],
         capture_output=True,
