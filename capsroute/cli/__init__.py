@@ -363,7 +363,7 @@ def ensemble(
 ) -> None:
     """Average the class-capsule lengths of several trained runs on their common test set
     (the paper's CIFAR-10 ensemble); `capsroute report` then shows it beside the paper's."""
-    from capsroute.report.runset import find_run_dirs
+    from capsroute.run.rundir import find_run_dirs
     from capsroute.study.ensemble import evaluate_ensemble, write_ensemble
 
     runs = [run for run in find_run_dirs(paths) if (run / CHECKPOINT_FILE).is_file()]

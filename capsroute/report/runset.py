@@ -15,7 +15,7 @@ value differs between the usable runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,27 +106,10 @@ class RunSet:
         return ["dataset", *self.axes, "r"]
 
 
-def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
-    """Every run directory at or below `paths`, sorted, without duplicates."""
-    found: set[Path] = set()
-    for path in paths:
-        found.update(_walk_runs(Path(path).resolve()))
-    return sorted(found)
-
-
-def _walk_runs(top: Path) -> Iterator[Path]:
-    for folder, subdirs, files in os.walk(top):
-        if rundir.SUMMARY_FILE in files or rundir.METRICS_FILE in files:
-            subdirs.clear()  # runs do not nest
-            yield Path(folder)
-        else:
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-
-
 def load_runs(paths: Iterable[Path]) -> RunSet:
     """Load every run under `paths`; unusable runs go to `warnings` with the reason."""
     paths = [Path(p).resolve() for p in paths]
-    dirs = find_run_dirs(paths)
+    dirs = rundir.find_run_dirs(paths)
     runs: list[Run] = []
     partial: list[tuple[Run, str]] = []
     warnings: list[dict[str, str]] = []

@@ -14,7 +14,7 @@ import fcntl
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -262,3 +262,21 @@ def lock_holder(run_dir: Path) -> str | None:
     finally:
         os.close(fd)  # closing releases a lock we may have taken
     return None
+
+
+def find_run_dirs(paths: Iterable[Path]) -> list[Path]:
+    """Every run directory (a folder holding summary.json or metrics.csv) at or below `paths`,
+    sorted, without duplicates; hidden folders (`.hydra`, `.submitit`) are not searched."""
+    found: set[Path] = set()
+    for path in paths:
+        found.update(_walk_runs(Path(path).resolve()))
+    return sorted(found)
+
+
+def _walk_runs(top: Path) -> Iterator[Path]:
+    for folder, subdirs, files in os.walk(top):
+        if SUMMARY_FILE in files or METRICS_FILE in files:
+            subdirs.clear()  # runs do not nest
+            yield Path(folder)
+        else:
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))

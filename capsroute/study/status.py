@@ -21,12 +21,10 @@ another (the basic launcher); with N parallel jobs it is about N times too long.
 from __future__ import annotations
 
 import csv
-import os
 import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -101,22 +99,13 @@ def newest_sweep(out_root: Path) -> Path:
 def sweep_run_dirs(root: Path) -> list[Path]:
     """The sweep's runs: those `sweep.json` lists, plus any run directory found below `root`."""
     listed = [root / row["run_dir"] for row in read_manifest(root).get("runs", [])]
-    found = list(_walk_runs(root))
+    found = [root / p.relative_to(root.resolve()) for p in rundir.find_run_dirs([root])]
     return sorted({p.resolve(): p for p in [*listed, *found]}.values(), key=_natural)
 
 
 def _natural(path: Path) -> list[Any]:
     """Sort key: `r3` before `r11`."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
-
-
-def _walk_runs(top: Path) -> Iterator[Path]:
-    for folder, subdirs, files in os.walk(top):
-        if rundir.SUMMARY_FILE in files or rundir.METRICS_FILE in files:
-            subdirs.clear()  # runs do not nest
-            yield Path(folder)
-        else:
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
 
 
 def read_status(root: Path, now: float | None = None) -> SweepStatus:
